@@ -1,0 +1,60 @@
+"""Apply a case's adapter to a model and make it non-identity.
+
+A freshly made adapter is usually a no-op (LoRA's B is zero), so a round trip through it proves nothing.
+After applying, every trainable tensor gets a deterministic perturbation seeded from a hash of its name,
+independent of the global RNG, as training would change it.
+"""
+from __future__ import annotations
+
+import zlib
+
+from . import compat
+
+# Every PEFT config class name the harness knows about. A case naming another is a typo; a case naming one
+# that the installed peft lacks is "not applicable" on that version (see roundtrip).
+KNOWN_ADAPTER_TYPES = frozenset({
+    "LoraConfig", "LoHaConfig", "LoKrConfig", "IA3Config", "AdaLoraConfig", "VeraConfig", "BOFTConfig",
+    "OFTConfig", "HRAConfig", "FourierFTConfig", "LNTuningConfig", "PromptTuningConfig", "PrefixTuningConfig",
+    "PromptEncoderConfig", "TrainableTokensConfig", "VBLoRAConfig", "BoneConfig", "MissConfig", "RandLoraConfig",
+    "ShiraConfig", "C3AConfig", "PolyConfig", "XLoraConfig", "AdaptionPromptConfig",
+})
+
+FILL_STD = 0.2
+
+
+def build_config(case):
+    """The PEFT config object for `case` on the installed peft, module names translated for the installed
+    transformers. Raises LookupError when the installed peft has no such config class."""
+    import peft
+
+    config_cls = getattr(peft, case.adapter_type, None)
+    if config_cls is None:
+        raise LookupError(f"peft {compat.installed_version('peft')} has no {case.adapter_type}")
+    return config_cls(**compat.translate_adapter_kwargs(case.family, case.adapter_kwargs))
+
+
+def apply_adapter(model, case):
+    """Returns the model to train: a PeftModel (get_peft_model) or the transformers model itself (add_adapter)."""
+    config = build_config(case)
+    if case.adapter_apply == "add_adapter":
+        model.add_adapter(config)
+        return model
+    import peft
+
+    return peft.get_peft_model(model, config)
+
+
+def fill_trainable(model, salt: str = "train") -> list[str]:
+    """Perturb every trainable tensor deterministically (seed = crc32 of salt + name). Returns their names."""
+    import torch
+
+    names = []
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            gen = torch.Generator().manual_seed(zlib.crc32(f"{salt}:{name}".encode()))
+            noise = torch.randn(param.shape, generator=gen, dtype=torch.float32) * FILL_STD
+            param.add_(noise.to(device=param.device, dtype=param.dtype))
+            names.append(name)
+    return names

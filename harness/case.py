@@ -1,0 +1,207 @@
+"""Case records: one TOML file per case under cases/, validated with file and field named in every error."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # python < 3.11
+    import tomli as tomllib
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import Version
+
+DEVICES = ("cpu", "cuda", "cuda_to_cpu")
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+class CaseError(ValueError):
+    """A case file that cannot be used. str() names the file and the field."""
+
+    def __init__(self, path, field_path: str, message: str):
+        self.path, self.field, self.message = str(path), field_path, message
+        super().__init__(f"{self.path}: field '{field_path}': {message}" if field_path else f"{self.path}: {message}")
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    family: str
+    adapter_type: str
+    save_mode: str
+    load_mode: str
+    path: str = ""
+    description: str = ""
+    tags: tuple = ()
+    references: tuple = ()
+    dtypes: tuple = ("fp32",)
+    devices: tuple = DEVICES
+    timeout_s: float | None = None
+    model_config: dict = field(default_factory=dict)
+    load_kwargs: dict = field(default_factory=dict)
+    adapter_apply: str = "get_peft_model"
+    adapter_kwargs: dict = field(default_factory=dict)
+    adapter_init: str = "fill"
+    steps: tuple = ()
+    save_options: dict = field(default_factory=dict)
+    load_options: dict = field(default_factory=dict)
+    requires: dict = field(default_factory=dict)
+    tolerance: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def method(self) -> str:
+        return self.adapter_type.removesuffix("Config").lower()
+
+    @classmethod
+    def from_dict(cls, data: dict, path: str = "<dict>") -> "Case":
+        """Validate `data` (the parsed TOML) and build the record. Raises CaseError."""
+        validate_case_data(data, path)
+        adapter, model = data["adapter"], data.get("model", {})
+        return cls(
+            id=data["id"], family=data["family"], adapter_type=adapter["type"], save_mode=data["save"]["mode"],
+            load_mode=data["load"]["mode"], path=str(path), description=data.get("description", ""),
+            tags=tuple(data.get("tags", ())), references=tuple(data.get("references", ())),
+            dtypes=tuple(data.get("dtypes", ("fp32",))), devices=tuple(data.get("devices", DEVICES)),
+            timeout_s=data.get("timeout_s"), model_config=dict(model.get("config", {})),
+            load_kwargs=dict(model.get("load_kwargs", {})), adapter_apply=adapter.get("apply", "get_peft_model"),
+            adapter_kwargs=dict(adapter.get("kwargs", {})), adapter_init=adapter.get("init", "fill"),
+            steps=tuple(dict(s) for s in data.get("steps", ())), save_options=dict(data["save"].get("options", {})),
+            load_options=dict(data["load"].get("options", {})), requires=dict(data.get("requires", {})),
+            tolerance=dict(data.get("tolerance", {})), raw=data,
+        )
+
+
+@lru_cache(maxsize=1)
+def case_schema() -> dict:
+    return json.loads(resources.files("harness").joinpath("schemas/case.schema.json").read_text())
+
+
+def _field_path(error) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    if error.validator == "additionalProperties":  # name the offending field itself
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        parts += extra[:1]
+    elif error.validator == "required":
+        missing = [r for r in error.validator_value if r not in error.instance]
+        parts += missing[:1]
+    return ".".join(parts)
+
+
+def _message(error) -> str:
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        allowed = ", ".join(sorted(error.schema.get("properties", {})))
+        return f"unknown field {extra[0]!r} (allowed here: {allowed})"
+    if error.validator == "required":
+        return "is required"
+    return error.message
+
+
+def validate_case_data(data: dict, path) -> None:
+    """Schema first (shape, types, field names), then the harness registries and cross-field rules."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(case_schema())
+    errors = sorted(validator.iter_errors(data), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
+    if errors:
+        raise CaseError(path, _field_path(errors[0]), _message(errors[0]))
+    _validate_semantics(data, path)
+
+
+def _one_of(path, field_path, value, registry, what):
+    if value not in registry:
+        raise CaseError(path, field_path, f"unknown {what} {value!r} (known: {', '.join(sorted(registry))})")
+
+
+def _validate_semantics(data: dict, path) -> None:
+    from .adapters import KNOWN_ADAPTER_TYPES
+    from .families import FAMILIES
+    from .modes import LOAD_MODES, SAVE_MODES
+    from .steps import STEPS
+
+    _one_of(path, "family", data["family"], FAMILIES, "model family")
+    _one_of(path, "adapter.type", data["adapter"]["type"], KNOWN_ADAPTER_TYPES, "adapter type")
+    _one_of(path, "save.mode", data["save"]["mode"], SAVE_MODES, "save mode")
+    _one_of(path, "load.mode", data["load"]["mode"], LOAD_MODES, "load mode")
+    save, load = SAVE_MODES[data["save"]["mode"]], LOAD_MODES[data["load"]["mode"]]
+    apply = data["adapter"].get("apply", "get_peft_model")
+    if apply not in save.applies:
+        raise CaseError(path, "save.mode", f"save mode {save.name!r} does not work with adapter.apply={apply!r} "
+                                           f"(it needs one of: {', '.join(save.applies)})")
+    if save.produces != load.consumes:
+        raise CaseError(path, "load.mode", f"load mode {load.name!r} reads a {load.consumes} but save mode "
+                                           f"{save.name!r} writes a {save.produces}")
+    for i, spec in enumerate(data.get("steps", [])):
+        _one_of(path, f"steps.{i}.name", spec["name"], STEPS, "step")
+        step = STEPS[spec["name"]]
+        given = {k for k in spec if k != "name"}
+        if given != set(step.params):
+            raise CaseError(path, f"steps.{i}", f"step {step.name!r} takes exactly {sorted(step.params)}, "
+                                                f"got {sorted(given)}")
+        for key, typ in step.params.items():
+            if not isinstance(spec[key], typ):
+                raise CaseError(path, f"steps.{i}.{key}", f"must be {typ.__name__}, got {spec[key]!r}")
+    for package, spec in data.get("requires", {}).items():
+        try:
+            specifier = SpecifierSet(spec)
+        except InvalidSpecifier:
+            raise CaseError(path, f"requires.{package}", f"not a version specifier: {spec!r} (e.g. '>=0.14')")
+        if not satisfiable(specifier):
+            raise CaseError(path, f"requires.{package}", f"{spec!r} can never be met: no version satisfies it")
+    tolerance = data.get("tolerance", {})
+    unknown_dtypes = set(tolerance) - {"reason"} - set(data.get("dtypes", ["fp32"]))
+    if unknown_dtypes:
+        raise CaseError(path, f"tolerance.{sorted(unknown_dtypes)[0]}", "tolerance for a dtype the case does not run")
+
+
+def satisfiable(specifier: SpecifierSet) -> bool:
+    """Whether any version satisfies `specifier`: probe the versions it mentions and their neighbours."""
+    probes = {Version("0"), Version("9999")}
+    for spec in specifier:
+        try:
+            v = Version(spec.version.replace(".*", ""))
+        except Exception:
+            return True  # arbitrary-equality and friends: do not second-guess
+        rel = list(v.release) + [0, 0]
+        probes |= {v, Version(f"{rel[0]}.{rel[1]}.{rel[2] + 1}"), Version(f"{rel[0]}.{rel[1] + 1}"),
+                   Version(f"{rel[0] + 1}"), Version(f"{v.base_version}.post1")}
+        if rel[2] > 0 or rel[1] > 0:
+            probes.add(Version(f"{rel[0]}.{max(rel[1] - 1, 0)}"))
+    return any(specifier.contains(p, prereleases=True) for p in probes)
+
+
+def load_case_file(path) -> Case:
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise CaseError(path, "", f"not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise CaseError(path, "", f"cannot read: {exc.strerror}") from None
+    return Case.from_dict(data, path)
+
+
+def case_files(directory) -> list[Path]:
+    return sorted(Path(directory).glob("*.toml"))
+
+
+def load_cases(*directories) -> list[Case]:
+    """Every case under the directories, validated; duplicate ids are an error naming both files."""
+    cases, seen = [], {}
+    for directory in directories:
+        if not os.path.isdir(directory):
+            raise CaseError(directory, "", "case directory does not exist")
+        for path in case_files(directory):
+            case = load_case_file(path)
+            if case.id in seen:
+                raise CaseError(path, "id", f"duplicate case id {case.id!r} (also in {seen[case.id]})")
+            seen[case.id] = path
+            cases.append(case)
+    return cases

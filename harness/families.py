@@ -1,0 +1,116 @@
+"""Tiny random-init model families: a registry of configs, inputs and how to make a local base checkpoint.
+
+Nothing is downloaded: every base is built from a config with a fixed seed, saved with save_pretrained into
+a directory and loaded back with from_pretrained(dir) on both sides of the round trip, as users do.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable
+
+BASE_SEED = 1234  # seeds the base model build and every from_pretrained of the base (new heads, resizes)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    config_class: str
+    model_class: str
+    tiny_config: dict
+    make_inputs: Callable  # (config, torch.Generator) -> dict of CPU tensors
+    description: str = ""
+    output: str = "logits"
+
+    def classes(self):
+        import transformers
+
+        return getattr(transformers, self.config_class), getattr(transformers, self.model_class)
+
+
+def _token_inputs(config, gen):
+    import torch
+
+    ids = torch.randint(0, config.vocab_size, (2, 12), generator=gen)
+    ids[:, -1] = config.vocab_size - 1  # always touch the last row (a resized vocabulary's new tokens)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _pixel_inputs(config, gen):
+    import torch
+
+    return {"pixel_values": torch.randn(2, config.num_channels, config.image_size, config.image_size, generator=gen)}
+
+
+def _audio_inputs(config, gen):
+    import torch
+
+    return {"input_values": torch.randn(2, 1600, generator=gen)}
+
+
+_VIT = dict(patch_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+            num_labels=3, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+
+FAMILIES: dict[str, Family] = {f.name: f for f in [
+    Family("wav2vec2_ctc", "Wav2Vec2Config", "Wav2Vec2ForCTC",
+           dict(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+                num_conv_pos_embedding_groups=2, hidden_dropout=0.1, attention_dropout=0.1),
+           _audio_inputs, "speech encoder with a CTC head (no input embeddings: get_input_embeddings raises)"),
+    Family("vit_224", "ViTConfig", "ViTForImageClassification", dict(image_size=224, **_VIT), _pixel_inputs,
+           "ViT image classifier at 224 px (197 position embeddings)"),
+    Family("vit_512", "ViTConfig", "ViTForImageClassification", dict(image_size=512, **_VIT), _pixel_inputs,
+           "ViT image classifier at 512 px (1025 position embeddings)"),
+    Family("bert_classifier", "BertConfig", "BertForSequenceClassification",
+           dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                max_position_embeddings=64, num_labels=3), _token_inputs, "BERT sequence classifier"),
+    Family("llama_causal", "LlamaConfig", "LlamaForCausalLM",
+           dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=37, max_position_embeddings=64, tie_word_embeddings=False), _token_inputs,
+           "Llama-style causal LM"),
+]}
+
+
+def make_inputs(family: Family, config, seed: int = 4321) -> dict:
+    import torch
+
+    return family.make_inputs(config, torch.Generator().manual_seed(seed))
+
+
+class BaseCheckpoints:
+    """Per-process cache of saved random-init base checkpoints, keyed by family and config overrides."""
+
+    def __init__(self, root: str | None = None):
+        self._root = root
+        self._dirs: dict[str, str] = {}
+
+    @property
+    def root(self) -> str:
+        if self._root is None:
+            self._root = tempfile.mkdtemp(prefix="peft-compat-bases-")
+        return self._root
+
+    def get(self, family: Family, overrides: dict | None = None) -> str:
+        overrides = overrides or {}
+        key = family.name + "-" + hashlib.sha1(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:10]
+        path = self._dirs.get(key)
+        if path is None or not os.path.exists(os.path.join(path, "config.json")):
+            path = os.path.join(self.root, key)
+            self._build(family, overrides, path)
+            self._dirs[key] = path
+        return path
+
+    @staticmethod
+    def _build(family: Family, overrides: dict, path: str) -> None:
+        import torch
+
+        config_cls, model_cls = family.classes()
+        config = config_cls(**{**family.tiny_config, **overrides})
+        torch.manual_seed(BASE_SEED)
+        model = model_cls(config)
+        tmp = path + ".partial"
+        model.save_pretrained(tmp)
+        os.replace(tmp, path)

@@ -1,0 +1,103 @@
+"""Reports: cell records -> one JSON document per environment, validated against a versioned schema and
+written atomically (write to a temporary file in the same directory, fsync, rename)."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import tempfile
+from collections import Counter
+from functools import lru_cache
+from importlib import resources
+
+from .environment import environment
+
+SCHEMA_VERSION = "1.0"
+STATUSES = ("pass", "fail", "error", "expected-failure", "fixed", "skipped", "not-applicable", "crashed", "timeout")
+BAD_STATUSES = ("fail", "error", "fixed", "crashed", "timeout")  # statuses that make a run red
+
+
+class ReportError(ValueError):
+    """A report file that cannot be used; str() names the file and the reason."""
+
+
+@lru_cache(maxsize=1)
+def report_schema() -> dict:
+    return json.loads(resources.files("harness").joinpath("schemas/report.schema.json").read_text())
+
+
+def _json_safe(value):
+    """NaN / inf are not JSON: write them as strings that say what they were."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def build_report(cells: list[dict], *, complete: bool = True, incomplete_reason: str | None = None) -> dict:
+    by_id: dict[str, dict] = {}
+    for cell in cells:  # one record per cell: a later record of the same cell replaces an earlier one
+        by_id[cell["cell_id"]] = cell
+    ordered = [by_id[k] for k in sorted(by_id)]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "peft-compat-report",
+        "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "complete": complete,
+        "incomplete_reason": incomplete_reason,
+        "environment": environment("cpu"),
+        "summary": dict(Counter(c["status"] for c in ordered)),
+        "cells": [_json_safe(c) for c in ordered],
+    }
+
+
+def validate_report(report: dict, source: str = "<report>") -> None:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(report_schema())
+    error = next(iter(sorted(validator.iter_errors(report), key=lambda e: len(list(e.absolute_path)))), None)
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ReportError(f"{source}: does not match the report schema {SCHEMA_VERSION} at {where}: {error.message}")
+
+
+def write_json_atomic(path: str, document: dict) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(document, fh, indent=1, sort_keys=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_report(path: str, cells: list[dict], **kwargs) -> dict:
+    report = build_report(cells, **kwargs)
+    validate_report(report, path)
+    write_json_atomic(path, report)
+    return report
+
+
+def read_report(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            report = json.load(fh)
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot read: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    if not isinstance(report, dict):
+        raise ReportError(f"{path}: not a peft-compat report (top level is not an object)")
+    validate_report(report, path)
+    return report

@@ -1,0 +1,298 @@
+"""run_cell(case, device, dtype) -> record: the save -> load -> forward round trip of one cell.
+
+Stages, in order: build (base checkpoint, base logits), adapt (apply, make non-identity, user steps, check
+the adapter changes the logits), save, load (fresh base, different random adapter values, load), forward,
+compare. The record says which stage failed, with the exception, and what was measured on the way.
+Nothing here imports pytest.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import traceback
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from . import compat
+from .adapters import apply_adapter, build_config, fill_trainable
+from .environment import environment
+from .errors import CheckFailed
+from .families import BASE_SEED, FAMILIES, BaseCheckpoints, make_inputs
+from .modes import LOAD_MODES, SAVE_MODES, check_artifact
+from .steps import run_steps
+
+SAVE_SEED = 0
+LOAD_SEED = 54321  # the loading side draws its adapter from another seed than the saving side
+VACUITY_FACTOR = 10  # the adapter must move the logits by at least this many tolerances
+
+# Max abs difference allowed between the logits before saving and after loading, per (device, dtype).
+TOLERANCES = {
+    ("cpu", "fp32"): 1e-5, ("cuda", "fp32"): 1e-4, ("cuda_to_cpu", "fp32"): 1e-4,
+    ("cpu", "bf16"): 5e-3, ("cuda", "bf16"): 1e-2, ("cuda_to_cpu", "bf16"): 5e-2,
+    ("cpu", "fp16"): 1e-3, ("cuda", "fp16"): 1e-3, ("cuda_to_cpu", "fp16"): 5e-3,
+}
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+LOGGERS = ("transformers", "peft", "accelerate", "huggingface_hub")
+MESSAGE_LIMIT = 4000
+
+
+def cell_id(case_id: str, device: str, dtype: str) -> str:
+    return f"{case_id}[{device}-{dtype}]"
+
+
+def tolerance_for(case, device: str, dtype: str) -> float:
+    return float(case.tolerance.get(dtype, TOLERANCES[(device, dtype)]))
+
+
+def new_record(case, device: str, dtype: str) -> dict:
+    return {
+        "cell_id": cell_id(case.id, device, dtype), "case_id": case.id, "case_file": case.path,
+        "family": case.family, "adapter": case.adapter_type, "method": case.method, "apply": case.adapter_apply,
+        "save_mode": case.save_mode, "load_mode": case.load_mode, "tags": list(case.tags),
+        "references": list(case.references), "device": device, "dtype": dtype,
+        "status": None, "stage": None, "exception_type": None, "message": None, "traceback": None,
+        "max_abs_diff": None, "tolerance": tolerance_for(case, device, dtype),
+        "tolerance_reason": case.tolerance.get("reason"), "adapter_effect": None, "vacuity_threshold": None,
+        "seconds": {}, "warnings": [], "missing_keys": None, "unexpected_keys": None, "non_adapter_keys": None,
+        "known_issue": None, "environment": environment(device),
+    }
+
+
+class _LogCapture(logging.Handler):
+    def __init__(self, sink):
+        super().__init__(logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record):
+        self.sink.append(("log:" + record.name, record.getMessage()))
+
+
+@contextmanager
+def _captured_warnings(record: dict, stage: str):
+    sink: list = []
+    handler = _LogCapture(sink)
+    loggers = [logging.getLogger(name) for name in LOGGERS]
+    saved = [(logger.handlers[:], logger.propagate) for logger in loggers]
+    for logger in loggers:  # library messages go into the record, not onto the terminal
+        logger.handlers, logger.propagate = [handler], False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for logger, (handlers, propagate) in zip(loggers, saved):
+            logger.handlers, logger.propagate = handlers, propagate
+        sink += [(w.category.__name__, str(w.message)) for w in caught]
+        seen = {(w["category"], w["message"]) for w in record["warnings"]}
+        for category, message in sink:
+            if (category, message[:MESSAGE_LIMIT]) not in seen and "deprecat" not in category.lower():
+                seen.add((category, message[:MESSAGE_LIMIT]))
+                record["warnings"].append({"stage": stage, "category": category, "message": message[:MESSAGE_LIMIT]})
+
+
+class _Stages:
+    """Runs the stages of one cell; the first failure ends the cell with that stage in the record."""
+
+    def __init__(self, record: dict):
+        self.record = record
+
+    @contextmanager
+    def stage(self, name: str):
+        self.record["stage"] = name
+        start = time.perf_counter()
+        try:
+            with _captured_warnings(self.record, name):
+                yield
+        finally:
+            self.record["seconds"][name] = round(time.perf_counter() - start, 6)
+
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    return getattr(torch, TORCH_DTYPES[dtype])
+
+
+def _forward(model, inputs):
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        out = model(**inputs)
+    logits = out["logits"] if isinstance(out, dict) else out.logits
+    return logits.detach().float().cpu()
+
+
+def _inputs_for(inputs: dict, device: str, dtype) -> dict:
+    return {k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)) for k, v in inputs.items()}
+
+
+@dataclass
+class LoadContext:
+    """What a load mode may ask for: a fresh base as the user would load it, and the adapter config."""
+    case: object
+    base_dir: str
+    device: str
+    dtype: str
+
+    def dtype_kwargs(self) -> dict:
+        return compat.dtype_kwargs(_torch_dtype(self.dtype))
+
+    def model_class(self):
+        return FAMILIES[self.case.family].classes()[1]
+
+    def fresh_base(self):
+        return load_base(self.case, self.base_dir, self.device, self.dtype)
+
+    def fresh_config(self):
+        return build_config(self.case)
+
+
+def load_base(case, base_dir: str, device: str, dtype: str):
+    """from_pretrained(base_dir) as the user does it, then the case's before_adapt steps; seeded, so that
+    heads created at load time (ignore_mismatched_sizes) and resized rows are the same on both sides."""
+    import torch
+
+    torch.manual_seed(BASE_SEED)
+    model_cls = FAMILIES[case.family].classes()[1]
+    model = model_cls.from_pretrained(base_dir, **compat.dtype_kwargs(_torch_dtype(dtype)), **case.load_kwargs)
+    run_steps(model, case.steps, "before_adapt")
+    return model.to(device)
+
+
+def applicability(case, device: str) -> tuple[str, str] | None:
+    """(status, reason) when the cell cannot run here, else None."""
+    unmet = compat.unmet_requirements(case.requires)
+    if unmet:
+        return "not-applicable", "requires " + "; ".join(unmet)
+    import peft
+
+    if not hasattr(peft, case.adapter_type):
+        return "not-applicable", f"peft {compat.installed_version('peft')} has no {case.adapter_type}"
+    if device in ("cuda", "cuda_to_cpu"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return "skipped", "CUDA is not available here (torch.cuda.is_available() is False)"
+    return None
+
+
+def _fail(message: str):
+    raise CheckFailed(message)
+
+
+def _check_keys(record: dict, api_result) -> None:
+    missing, unexpected = compat.load_result_keys(api_result)
+    record["missing_keys"], record["unexpected_keys"] = missing, unexpected
+    if missing is None and unexpected is None:
+        return
+    non_adapter = sorted(k for k in (missing or []) + (unexpected or []) if not compat.is_adapter_key(k))
+    record["non_adapter_keys"] = non_adapter
+    bad_missing = [k for k in (missing or []) if not compat.is_adapter_key(k)]
+    if bad_missing:
+        _fail(f"the load reported {len(bad_missing)} non-adapter key(s) as missing (only adapter keys may be "
+              f"reported): {', '.join(bad_missing[:5])}{' ...' if len(bad_missing) > 5 else ''}")
+
+
+def run_cell(case, device: str = "cpu", dtype: str = "fp32", *, bases: BaseCheckpoints | None = None,
+             known_issues=None, workdir: str | None = None, keep_artifacts: bool = False,
+             after_save=None, after_load=None) -> dict:
+    """Run one cell and return its record (a plain dict that the report schema describes).
+
+    `after_save(artifact_path)` and `after_load(model)` are fault-injection seams for the harness's own tests
+    (corrupt a file, nudge a weight): they let a test prove that a check fails, with the real libraries."""
+    from .known_issues import classify, load_known_issues
+
+    record = new_record(case, device, dtype)
+    skip = applicability(case, device)
+    if skip:
+        record["status"], record["message"] = skip
+        return record
+    bases = bases or BaseCheckpoints()
+    own_workdir = workdir is None
+    workdir = workdir or tempfile.mkdtemp(prefix="peft-compat-cell-")
+    try:
+        _run_stages(case, device, dtype, record, bases, workdir, after_save, after_load)
+    finally:
+        if own_workdir and not keep_artifacts:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            record["artifact_dir"] = workdir
+    return classify(record, load_known_issues() if known_issues is None else known_issues)
+
+
+def _run_stages(case, device, dtype, record, bases, workdir, after_save, after_load) -> None:
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    save_dev = "cuda" if device in ("cuda", "cuda_to_cpu") else "cpu"
+    load_dev = "cuda" if device == "cuda" else "cpu"
+    family, tol = FAMILIES[case.family], record["tolerance"]
+    threshold = record["vacuity_threshold"] = tol * VACUITY_FACTOR
+    save_mode, load_mode = SAVE_MODES[case.save_mode], LOAD_MODES[case.load_mode]
+    artifact = os.path.join(workdir, "artifact")
+    run = _Stages(record)
+    try:
+        with run.stage("build"):
+            base_dir = bases.get(family, case.model_config)
+            model = load_base(case, base_dir, save_dev, dtype)
+            inputs = make_inputs(family, model.config)
+            base_logits = _forward(model, _inputs_for(inputs, save_dev, _torch_dtype(dtype)))
+        with run.stage("adapt"):
+            torch.manual_seed(SAVE_SEED)
+            model = apply_adapter(model, case)
+            if case.adapter_init == "fill":
+                if not fill_trainable(model):
+                    _fail("the adapter has no trainable tensor: nothing to save")
+            run_steps(model, case.steps, "after_adapt")
+            adapted_logits = _forward(model, _inputs_for(inputs, save_dev, _torch_dtype(dtype)))
+            effect = record["adapter_effect"] = _max_abs_diff(adapted_logits, base_logits)
+            if not effect > threshold:
+                _fail(f"vacuous: the adapter changes the logits by at most {effect:.3g}, not more than "
+                      f"{threshold:.3g} ({VACUITY_FACTOR} x tolerance): the round trip would prove nothing")
+        with run.stage("save"):
+            save_mode.save(model, artifact, dict(case.save_options))
+            del model
+            if after_save:
+                after_save(artifact)
+        with run.stage("load"):
+            check_artifact(load_mode.consumes, artifact)
+            torch.manual_seed(LOAD_SEED)
+            ctx = LoadContext(case, base_dir, load_dev, dtype)
+            outcome = load_mode.load(ctx, artifact, dict(case.load_options))
+            _check_keys(record, outcome.api_result)
+            if after_load:
+                after_load(outcome.model)
+        with run.stage("forward"):
+            logits = _forward(outcome.model, _inputs_for(inputs, load_dev, _torch_dtype(dtype)))
+        with run.stage("compare"):
+            if logits.shape != adapted_logits.shape:
+                _fail(f"logits shape {tuple(logits.shape)} after loading, {tuple(adapted_logits.shape)} before saving")
+            diff = record["max_abs_diff"] = _max_abs_diff(logits, adapted_logits)
+            if not diff <= tol:
+                _fail(f"the reloaded model does not reproduce the logits: max abs diff {diff:.3g} > tolerance "
+                      f"{tol:.3g} ({device}, {dtype})")
+        record["stage"] = None
+        record["status"] = "pass"
+    except CheckFailed as exc:
+        record["status"], record["exception_type"], record["message"] = "fail", "CheckFailed", str(exc)
+    except Exception as exc:  # any library exception is the cell's verdict, with its stage
+        record["status"], record["exception_type"] = "error", f"{type(exc).__module__}.{type(exc).__qualname__}"
+        record["message"] = str(exc)[:MESSAGE_LIMIT]
+        record["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-6:])[-MESSAGE_LIMIT:]
+
+
+def _max_abs_diff(a, b) -> float:
+    import torch
+
+    if a.shape != b.shape:
+        return float("inf")
+    diff = (a - b).abs()
+    if torch.isnan(diff).any():
+        return float("nan")
+    return float(diff.max())

@@ -51,14 +51,20 @@ def _audio_inputs(config, gen):
     return {"input_values": torch.randn(2, 1600, generator=gen)}
 
 
+# initializer_range: the transformers default (0.02) leaves tiny models with logits near 1e-2, where LoRA on the
+# attention moves a BERT classifier's logits by only ~6e-4 -- below what bf16 can resolve and barely above the
+# fp32 tolerance, so a lost tensor could hide. At 0.2 (0.1 for Llama) logits are O(1) and the adapter's effect
+# is 0.4 to 4, far above every tolerance (measured: bert 0.38, vit 1.4, wav2vec2 2.6, llama 2.7).
+INIT = dict(initializer_range=0.2)
+
 _VIT = dict(patch_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-            num_labels=3, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+            num_labels=3, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, **INIT)
 
 FAMILIES: dict[str, Family] = {f.name: f for f in [
     Family("wav2vec2_ctc", "Wav2Vec2Config", "Wav2Vec2ForCTC",
            dict(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
                 conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
-                num_conv_pos_embedding_groups=2, hidden_dropout=0.1, attention_dropout=0.1),
+                num_conv_pos_embedding_groups=2, hidden_dropout=0.1, attention_dropout=0.1, **INIT),
            _audio_inputs, "speech encoder with a CTC head (no input embeddings: get_input_embeddings raises)"),
     Family("vit_224", "ViTConfig", "ViTForImageClassification", dict(image_size=224, **_VIT), _pixel_inputs,
            "ViT image classifier at 224 px (197 position embeddings)"),
@@ -66,10 +72,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
            "ViT image classifier at 512 px (1025 position embeddings)"),
     Family("bert_classifier", "BertConfig", "BertForSequenceClassification",
            dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                max_position_embeddings=64, num_labels=3), _token_inputs, "BERT sequence classifier"),
+                max_position_embeddings=64, num_labels=3, **INIT), _token_inputs, "BERT sequence classifier"),
     Family("llama_causal", "LlamaConfig", "LlamaForCausalLM",
            dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                intermediate_size=37, max_position_embeddings=64, tie_word_embeddings=False), _token_inputs,
+                intermediate_size=37, max_position_embeddings=64, tie_word_embeddings=False,
+                initializer_range=0.1), _token_inputs,
            "Llama-style causal LM"),
 ]}
 

@@ -1,0 +1,88 @@
+"""Known issues turn matching failures into expected-failures and a passing listed cell into "fixed"."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness import load_case_file, load_cases, run_cell
+from harness.case import Case
+from harness.known_issues import KnownIssuesError, classify, load_known_issues, parse_known_issues
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def record(status="error", stage="save", exc="builtins.RuntimeError", msg="boom", case_id="c-1"):
+    return {"case_id": case_id, "device": "cpu", "dtype": "fp32", "status": status, "stage": stage,
+            "exception_type": exc, "message": msg}
+
+
+def issues(**entry):
+    base = {"cases": ["c-*"], "stage": "save", "reference": "https://example.invalid/issue/1"}
+    base.update(entry)
+    return parse_known_issues({"issue": [base]})
+
+
+def test_matching_failure_is_expected():
+    out = classify(record(), issues(exception="RuntimeError: boom"))
+    assert out["status"] == "expected-failure" and out["observed_status"] == "error"
+    assert out["known_issue"]["reference"] == "https://example.invalid/issue/1"
+
+
+def test_failure_at_another_stage_stays_a_failure_and_says_why():
+    out = classify(record(stage="load"), issues())
+    assert out["status"] == "error"
+    assert "expects a failure at stage 'save'" in out["known_issue_mismatch"][0]
+
+
+def test_failure_with_another_exception_stays_a_failure():
+    assert classify(record(msg="other"), issues(exception="boom$"))["status"] == "error"
+    assert classify(record(msg="other"), issues(exception="RuntimeError: boom"))["status"] == "error"
+
+
+def test_a_known_issue_that_passes_is_reported_fixed():
+    out = classify(record(status="pass", stage=None), issues())
+    assert out["status"] == "fixed" and out["observed_status"] == "pass"
+    assert "KNOWN ISSUE NO LONGER FAILS" in out["message"]
+
+
+def test_version_specifier_limits_the_entry():
+    never = issues(versions={"peft": "<0.0.1"})
+    assert classify(record(), never)["status"] == "error"
+    assert classify(record(status="pass", stage=None), never)["status"] == "pass"
+    always = issues(versions={"peft": ">=0.0.1", "torch": ">=1"})
+    assert classify(record(), always)["status"] == "expected-failure"
+
+
+def test_device_and_dtype_limit_the_entry():
+    assert classify(record(), issues(dtypes=["bf16"]))["status"] == "error"
+    assert classify(record(), issues(devices=["cpu"]))["status"] == "expected-failure"
+
+
+@pytest.mark.parametrize("entry, words", [
+    ({"cases": ["x"], "stage": "save"}, "'reference' is required"),
+    ({"cases": ["x"], "stage": "saving", "reference": "r"}, "stage 'saving'"),
+    ({"cases": ["x"], "stage": "save", "reference": "r", "versoins": {}}, "unknown field 'versoins'"),
+    ({"cases": ["x"], "stage": "save", "reference": "r", "versions": {"peft": "new"}}, "versions.peft"),
+])
+def test_malformed_table_is_rejected(entry, words):
+    with pytest.raises(KnownIssuesError, match=words):
+        parse_known_issues({"issue": [entry]})
+
+
+def test_every_shipped_entry_names_existing_cases_and_a_reference():
+    import fnmatch
+
+    ids = [c.id for c in load_cases(ROOT / "cases")]
+    for issue in load_known_issues():
+        assert issue.reference.startswith("https://github.com/"), issue
+        for pattern in issue.cases:
+            assert fnmatch.filter(ids, pattern), f"known issue pattern {pattern!r} matches no case"
+
+
+def test_fixed_end_to_end_with_a_real_passing_cell(write_case):
+    """A table that claims a passing cell fails is caught: the real run reports "fixed"."""
+    case = load_case_file(write_case())
+    out = run_cell(case, "cpu", "fp32", known_issues=issues(cases=[case.id], stage="compare"))
+    assert out["status"] == "fixed"
+    assert isinstance(case, Case)

@@ -22,6 +22,39 @@ KNOWN_ADAPTER_TYPES = frozenset({
 FILL_STD = 0.2
 
 
+GROUP_KWARGS = ("target_modules", "modules_to_save", "exclude_modules", "feedforward_modules")
+
+
+def resolve_groups(family_name: str, kwargs: dict) -> dict:
+    """Replace symbolic module groups ("@targets", "@mlp", "@head", "@norm", "@embedding") in module-name
+    lists with the family's names, and layers_pattern "@layers" with the family's layer list name."""
+    from .families import FAMILIES
+
+    family = FAMILIES[family_name]
+    out = dict(kwargs)
+    for key in GROUP_KWARGS:
+        value = out.get(key)
+        if isinstance(value, list):
+            names: list = []
+            for name in value:
+                if isinstance(name, str) and name.startswith("@"):
+                    if name[1:] not in family.groups:
+                        raise KeyError(f"family {family_name!r} has no module group {name!r} "
+                                       f"(it has: {', '.join('@' + g for g in sorted(family.groups))})")
+                    names += [n for n in family.groups[name[1:]] if n not in names]
+                elif name not in names:
+                    names.append(name)
+            out[key] = names
+    if out.get("layers_pattern") == "@layers":
+        out["layers_pattern"] = family.layers_pattern
+    return out
+
+
+def adapter_kwargs(case) -> dict:
+    """The config kwargs of `case` as the installed versions need them: groups resolved, names translated."""
+    return compat.translate_adapter_kwargs(case.family, resolve_groups(case.family, case.adapter_kwargs))
+
+
 def build_config(case):
     """The PEFT config object for `case` on the installed peft, module names translated for the installed
     transformers. Raises LookupError when the installed peft has no such config class."""
@@ -30,7 +63,7 @@ def build_config(case):
     config_cls = getattr(peft, case.adapter_type, None)
     if config_cls is None:
         raise LookupError(f"peft {compat.installed_version('peft')} has no {case.adapter_type}")
-    return config_cls(**compat.translate_adapter_kwargs(case.family, case.adapter_kwargs))
+    return config_cls(**adapter_kwargs(case))
 
 
 def apply_adapter(model, case):

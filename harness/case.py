@@ -40,6 +40,7 @@ class Case:
     tags: tuple = ()
     references: tuple = ()
     dtypes: tuple = ("fp32",)
+    full_dtypes: tuple = ()
     devices: tuple = DEVICES
     timeout_s: float | None = None
     model_config: dict = field(default_factory=dict)
@@ -54,6 +55,12 @@ class Case:
     tolerance: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
+    def cells(self, full: bool = True):
+        """(device, dtype, in_full_set_only) for every cell of the case; full=False leaves out full_dtypes."""
+        for device in self.devices:
+            for dtype in self.dtypes + (self.full_dtypes if full else ()):
+                yield device, dtype, dtype not in self.dtypes
+
     @property
     def method(self) -> str:
         return self.adapter_type.removesuffix("Config").lower()
@@ -67,7 +74,7 @@ class Case:
             id=data["id"], family=data["family"], adapter_type=adapter["type"], save_mode=data["save"]["mode"],
             load_mode=data["load"]["mode"], path=str(path), description=data.get("description", ""),
             tags=tuple(data.get("tags", ())), references=tuple(data.get("references", ())),
-            dtypes=tuple(data.get("dtypes", ("fp32",))), devices=tuple(data.get("devices", DEVICES)),
+            dtypes=tuple(data.get("dtypes", ("fp32",))), full_dtypes=tuple(data.get("full_dtypes", ())), devices=tuple(data.get("devices", DEVICES)),
             timeout_s=data.get("timeout_s"), model_config=dict(model.get("config", {})),
             load_kwargs=dict(model.get("load_kwargs", {})), adapter_apply=adapter.get("apply", "get_peft_model"),
             adapter_kwargs=dict(adapter.get("kwargs", {})), adapter_init=adapter.get("init", "fill"),
@@ -126,6 +133,12 @@ def _validate_semantics(data: dict, path) -> None:
     from .steps import STEPS
 
     _one_of(path, "family", data["family"], FAMILIES, "model family")
+    family = FAMILIES[data["family"]]
+    for key, value in data["adapter"].get("kwargs", {}).items():
+        for name in value if isinstance(value, list) else []:
+            if isinstance(name, str) and name.startswith("@") and name[1:] not in family.groups:
+                raise CaseError(path, f"adapter.kwargs.{key}", f"family {family.name!r} has no module group "
+                                f"{name!r} (it has: {', '.join('@' + g for g in sorted(family.groups))})")
     _one_of(path, "adapter.type", data["adapter"]["type"], KNOWN_ADAPTER_TYPES, "adapter type")
     _one_of(path, "save.mode", data["save"]["mode"], SAVE_MODES, "save mode")
     _one_of(path, "load.mode", data["load"]["mode"], LOAD_MODES, "load mode")
@@ -154,8 +167,11 @@ def _validate_semantics(data: dict, path) -> None:
             raise CaseError(path, f"requires.{package}", f"not a version specifier: {spec!r} (e.g. '>=0.14')")
         if not satisfiable(specifier):
             raise CaseError(path, f"requires.{package}", f"{spec!r} can never be met: no version satisfies it")
+    overlap = set(data.get("full_dtypes", [])) & set(data.get("dtypes", ["fp32"]))
+    if overlap:
+        raise CaseError(path, "full_dtypes", f"{sorted(overlap)[0]!r} is already in dtypes")
     tolerance = data.get("tolerance", {})
-    unknown_dtypes = set(tolerance) - {"reason"} - set(data.get("dtypes", ["fp32"]))
+    unknown_dtypes = set(tolerance) - {"reason"} - set(data.get("dtypes", ["fp32"])) - set(data.get("full_dtypes", []))
     if unknown_dtypes:
         raise CaseError(path, f"tolerance.{sorted(unknown_dtypes)[0]}", "tolerance for a dtype the case does not run")
 
@@ -176,7 +192,36 @@ def satisfiable(specifier: SpecifierSet) -> bool:
     return any(specifier.contains(p, prereleases=True) for p in probes)
 
 
-def load_case_file(path) -> Case:
+def expand_matrix(data: dict, path) -> list[dict]:
+    """A file with [matrix] family = [...] declares one case per family; `{family}` in the id (required)
+    and in the description is replaced. Module names can use the families' groups ("@targets", ...)."""
+    matrix = data.get("matrix")
+    if matrix is None:
+        return [data]
+    if not isinstance(matrix, dict) or set(matrix) != {"family"}:
+        raise CaseError(path, "matrix", "must be a table with exactly one key, family = [...]")
+    families = matrix["family"]
+    if not isinstance(families, list) or not families or not all(isinstance(f, str) for f in families):
+        raise CaseError(path, "matrix.family", "must be a non-empty list of family names")
+    if len(set(families)) != len(families):
+        raise CaseError(path, "matrix.family", "lists a family twice")
+    if "family" in data:
+        raise CaseError(path, "family", "cannot be given together with matrix.family")
+    if "{family}" not in str(data.get("id", "")):
+        raise CaseError(path, "id", "must contain {family} when the file has a [matrix]")
+    out = []
+    for family in families:
+        case = {k: v for k, v in data.items() if k != "matrix"}
+        case["family"] = family
+        case["id"] = data["id"].replace("{family}", family)
+        if "description" in case:
+            case["description"] = case["description"].replace("{family}", family)
+        out.append(case)
+    return out
+
+
+def read_case_file(path) -> list[Case]:
+    """Every case a file declares (one, or one per family of its [matrix])."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
@@ -185,7 +230,15 @@ def load_case_file(path) -> Case:
         raise CaseError(path, "", f"not valid TOML: {exc}") from None
     except OSError as exc:
         raise CaseError(path, "", f"cannot read: {exc.strerror}") from None
-    return Case.from_dict(data, path)
+    return [Case.from_dict(d, path) for d in expand_matrix(data, path)]
+
+
+def load_case_file(path) -> Case:
+    """The one case of a file without a [matrix]."""
+    cases = read_case_file(path)
+    if len(cases) != 1:
+        raise CaseError(path, "matrix", f"declares {len(cases)} cases; use read_case_file() or load_cases()")
+    return cases[0]
 
 
 def case_files(directory) -> list[Path]:
@@ -199,9 +252,9 @@ def load_cases(*directories) -> list[Case]:
         if not os.path.isdir(directory):
             raise CaseError(directory, "", "case directory does not exist")
         for path in case_files(directory):
-            case = load_case_file(path)
-            if case.id in seen:
-                raise CaseError(path, "id", f"duplicate case id {case.id!r} (also in {seen[case.id]})")
-            seen[case.id] = path
-            cases.append(case)
+            for case in read_case_file(path):
+                if case.id in seen:
+                    raise CaseError(path, "id", f"duplicate case id {case.id!r} (also in {seen[case.id]})")
+                seen[case.id] = path
+                cases.append(case)
     return cases

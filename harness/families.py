@@ -23,7 +23,8 @@ class Family:
     tiny_config: dict
     make_inputs: Callable  # (config, torch.Generator) -> dict of CPU tensors
     description: str = ""
-    output: str = "logits"
+    groups: dict = field(default_factory=dict)  # symbolic module groups for cases: "@attention" -> names
+    layers_pattern: str | None = None  # the ModuleList name that layers_to_transform counts in
 
     def classes(self):
         import transformers
@@ -45,6 +46,12 @@ def _pixel_inputs(config, gen):
     return {"pixel_values": torch.randn(2, config.num_channels, config.image_size, config.image_size, generator=gen)}
 
 
+def _small_image_inputs(config, gen):
+    import torch
+
+    return {"pixel_values": torch.randn(2, config.num_channels, 32, 32, generator=gen)}
+
+
 def _audio_inputs(config, gen):
     import torch
 
@@ -57,6 +64,7 @@ def _audio_inputs(config, gen):
 # is 0.4 to 4, far above every tolerance (measured: bert 0.38, vit 1.4, wav2vec2 2.6, llama 2.7).
 INIT = dict(initializer_range=0.2)
 
+_VIT_GROUPS = {"targets": ["q_proj", "v_proj"], "mlp": ["fc1"], "head": ["classifier"], "norm": ["layernorm"]}
 _VIT = dict(patch_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
             num_labels=3, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, **INIT)
 
@@ -65,20 +73,39 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
            dict(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
                 conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
                 num_conv_pos_embedding_groups=2, hidden_dropout=0.1, attention_dropout=0.1, **INIT),
-           _audio_inputs, "speech encoder with a CTC head (no input embeddings: get_input_embeddings raises)"),
+           _audio_inputs, "speech encoder with a CTC head (no input embeddings: get_input_embeddings raises)",
+           groups={"targets": ["q_proj", "v_proj"], "mlp": ["intermediate_dense"], "head": ["lm_head"],
+                   "norm": ["final_layer_norm"]}, layers_pattern="layers"),
     Family("vit_224", "ViTConfig", "ViTForImageClassification", dict(image_size=224, **_VIT), _pixel_inputs,
-           "ViT image classifier at 224 px (197 position embeddings)"),
+           "ViT image classifier at 224 px (197 position embeddings)", groups=_VIT_GROUPS),
     Family("vit_512", "ViTConfig", "ViTForImageClassification", dict(image_size=512, **_VIT), _pixel_inputs,
-           "ViT image classifier at 512 px (1025 position embeddings)"),
+           "ViT image classifier at 512 px (1025 position embeddings)", groups=_VIT_GROUPS),
     Family("bert_classifier", "BertConfig", "BertForSequenceClassification",
            dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                max_position_embeddings=64, num_labels=3, **INIT), _token_inputs, "BERT sequence classifier"),
+                max_position_embeddings=64, num_labels=3, **INIT), _token_inputs, "BERT sequence classifier",
+           groups={"targets": ["query", "value"], "mlp": ["intermediate.dense"], "head": ["classifier"],
+                   "norm": ["LayerNorm"], "embedding": ["word_embeddings"]}, layers_pattern="layer"),
     Family("llama_causal", "LlamaConfig", "LlamaForCausalLM",
            dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                 intermediate_size=37, max_position_embeddings=64, tie_word_embeddings=False,
                 initializer_range=0.1), _token_inputs,
-           "Llama-style causal LM"),
+           "Llama-style causal LM",
+           groups={"targets": ["q_proj", "v_proj"], "mlp": ["gate_proj", "up_proj"], "head": ["lm_head"],
+                   "norm": ["norm"], "embedding": ["embed_tokens"]}, layers_pattern="layers"),
+    Family("resnet_classifier", "ResNetConfig", "ResNetForImageClassification",
+           dict(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+                num_labels=3), _small_image_inputs,
+           "ResNet image classifier at 32 px: convolutions and BatchNorm with running statistics (buffers)",
+           groups={"targets": ["convolution"], "head": ["classifier.1"], "norm": ["normalization"]}),
 ]}
+
+
+def family_for_config(config) -> Family:
+    """The first family built from this config class (inputs depend only on the config)."""
+    for family in FAMILIES.values():
+        if family.config_class == type(config).__name__:
+            return family
+    raise LookupError(f"no family uses {type(config).__name__}")
 
 
 def make_inputs(family: Family, config, seed: int = 4321) -> dict:

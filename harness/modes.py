@@ -61,6 +61,11 @@ def _state_dict_save(model, path, options):
     torch.save(model.state_dict(), os.path.join(path, STATE_DICT_FILE))
 
 
+def _peft_multi_save(model, path, options):
+    """All adapters (or `selected_adapters`): PEFT writes "default" at the top and the others in sub-folders."""
+    model.save_pretrained(path, **options)
+
+
 SAVE_MODES: dict[str, SaveMode] = {m.name: m for m in [
     SaveMode("peft_safetensors", "adapter_dir", ("get_peft_model",), _peft_save(True),
              "PeftModel.save_pretrained(dir) with safetensors (the default)"),
@@ -72,6 +77,8 @@ SAVE_MODES: dict[str, SaveMode] = {m.name: m for m in [
              "merge_and_unload(), then save_pretrained of the full merged model"),
     SaveMode("torch_state_dict", "state_dict_file", ("get_peft_model", "add_adapter"), _state_dict_save,
              "torch.save(model.state_dict()) of the whole adapted model"),
+    SaveMode("peft_multi_adapter", "adapter_tree", ("get_peft_model",), _peft_multi_save,
+             "PeftModel.save_pretrained(dir) of a model with several adapters (options: selected_adapters)"),
 ]}
 
 
@@ -128,6 +135,31 @@ def _state_dict_into_base(ctx, path, options):
     return LoadOutcome(model, result)
 
 
+def adapter_dirs(path: str) -> dict[str, str]:
+    """Adapter name -> folder, for a folder written by save_pretrained of several adapters."""
+    found = {}
+    if os.path.isfile(os.path.join(path, "adapter_config.json")):
+        found["default"] = path
+    for name in sorted(os.listdir(path)):
+        sub = os.path.join(path, name)
+        if os.path.isdir(sub) and os.path.isfile(os.path.join(sub, "adapter_config.json")):
+            found[name] = sub
+    return found
+
+
+def _peft_multi_adapter(ctx, path, options):
+    """Load every saved adapter (the first with from_pretrained, the rest with load_adapter), then activate one."""
+    from peft import PeftModel
+
+    dirs = adapter_dirs(path)
+    first, *rest = dirs.items()
+    model = PeftModel.from_pretrained(ctx.fresh_base(), first[1], adapter_name=first[0])
+    for name, sub in rest:
+        model.load_adapter(sub, adapter_name=name)
+    model.set_adapter(options.get("active", "default"))
+    return LoadOutcome(model)
+
+
 LOAD_MODES: dict[str, LoadMode] = {m.name: m for m in [
     LoadMode("peft_from_pretrained", "adapter_dir", _peft_from_pretrained,
              "PeftModel.from_pretrained(fresh base, dir)"),
@@ -141,6 +173,8 @@ LOAD_MODES: dict[str, LoadMode] = {m.name: m for m in [
              "get_peft_model(fresh base).load_state_dict(saved state dict)"),
     LoadMode("state_dict_into_base", "state_dict_file", _state_dict_into_base,
              "plain fresh base .load_state_dict(saved PeftModel state dict)"),
+    LoadMode("peft_multi_adapter", "adapter_tree", _peft_multi_adapter,
+             "from_pretrained + load_adapter of every saved adapter, then set_adapter(options.active)"),
 ]}
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -174,6 +208,14 @@ def check_artifact(kind: str, path: str) -> None:
         if not any(os.path.isfile(os.path.join(path, f)) for f in ADAPTER_FILES):
             raise CheckpointError(f"adapter directory {path} has no adapter weights ({' or '.join(ADAPTER_FILES)}); "
                                   f"it holds: {sorted(os.listdir(path))}")
+    if kind == "adapter_tree":
+        dirs = adapter_dirs(path)
+        if not dirs:
+            raise CheckpointError(f"{path} holds no adapter folder with an adapter_config.json "
+                                  f"(it holds: {sorted(os.listdir(path))})")
+        for sub in dirs.values():
+            if sub != path:
+                check_artifact("adapter_dir", sub)
     for name in sorted(os.listdir(path)):
         if name.endswith(".safetensors"):
             check_safetensors(os.path.join(path, name))

@@ -53,11 +53,54 @@ def _train_parameter(model, pattern: str) -> None:
                 p.add_(0.05)  # on top of the general fill: a visible, deliberate change of exactly these values
 
 
+def _update_running_stats(model, batches: int) -> None:
+    """Forward passes in train mode, without gradients: BatchNorm running statistics move as in training."""
+    import torch
+
+    from .families import family_for_config, make_inputs
+
+    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    family = family_for_config(config)
+    buffers = [n for n, _ in model.named_buffers() if "running_mean" in n]
+    if not buffers:
+        raise StepError("update_running_stats: the model has no running statistics (no BatchNorm)")
+    was_training = model.training
+    model.train()
+    with torch.no_grad():
+        for i in range(batches):
+            dtype = next(model.parameters()).dtype
+            device = next(model.parameters()).device
+            inputs = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device))
+                      for k, v in make_inputs(family, config, seed=100 + i).items()}
+            model(**inputs)
+    model.train(was_training)
+
+
+def _add_second_adapter(model, adapter: str, activate: bool) -> None:
+    """PeftModel.add_adapter(name, <same config>) with its own deterministic fill; optionally activate it."""
+    import copy
+
+    from .adapters import fill_trainable
+
+    if not hasattr(model, "peft_config"):
+        raise StepError("add_second_adapter: the model is not a PeftModel")
+    config = copy.deepcopy(model.peft_config[model.active_adapter])
+    model.add_adapter(adapter, config)
+    model.set_adapter(adapter)  # makes its tensors trainable, so the fill reaches them
+    fill_trainable(model, salt=f"train-{adapter}")
+    if not activate:
+        model.set_adapter("default")
+
+
 STEPS: dict[str, Step] = {s.name: s for s in [
     Step("resize_token_embeddings", "before_adapt", {"size": int}, _resize_token_embeddings,
          "model.resize_token_embeddings(size), replayed identically on the loading side"),
     Step("train_parameter", "after_adapt", {"pattern": str}, _train_parameter,
          "change parameters matching a regex as training would; fails if none of them is trainable"),
+    Step("update_running_stats", "after_adapt", {"batches": int}, _update_running_stats,
+         "forward passes in train mode so that BatchNorm running statistics change as in training"),
+    Step("add_second_adapter", "after_adapt", {"adapter": str, "activate": bool}, _add_second_adapter,
+         "add a second adapter with the same config and its own values; activate=true makes it the one compared"),
 ]}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import os
 import sys
 from collections import Counter
 
@@ -14,62 +15,97 @@ from .report import BAD_STATUSES, ReportError, write_report
 EXIT_OK, EXIT_RED, EXIT_USAGE = 0, 1, 2
 
 
-def select_cells(cases, devices, match):
+class UsageError(ValueError):
+    """Options that do not fit together (printed as `error: ...`, exit 2)."""
+
+
+def default_report_path() -> str:
+    """reports/<tox env>.json inside tox, else reports/local.json; reports/compat.json is the merged table."""
+    return os.path.join("reports", f"{os.environ.get('TOX_ENV_NAME') or 'local'}.json")
+
+
+def select_cells(cases, devices, match, full: bool = True):
+    from .roundtrip import cell_id
+
     for case in cases:
-        for device in case.devices:
+        for device, dtype, _ in case.cells(full=full):
             if devices and device not in devices:
                 continue
-            for dtype in case.dtypes:
-                from .roundtrip import cell_id
-
-                cid = cell_id(case.id, device, dtype)
-                if match and not any(fnmatch.fnmatchcase(cid, pattern) or pattern in cid for pattern in match):
-                    continue
-                yield case, device, dtype
+            cid = cell_id(case.id, device, dtype)
+            if match and not any(fnmatch.fnmatchcase(cid, pattern) or pattern in cid for pattern in match):
+                continue
+            yield case, device, dtype
 
 
 def cmd_run(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .families import BaseCheckpoints
-    from .roundtrip import run_cell
+    from .environment import environment
+    from .interrupt import ReportCheckpoints, interrupt_reason, resume_records, sigterm_as_interrupt
+    from .isolation import CellRunner
+    from .roundtrip import cell_id
 
+    isolation = {"off": False}.get(args.isolation, args.isolation)
+    if args.timeout is not None and not args.timeout > 0:
+        raise UsageError(f"--timeout {args.timeout:g}: the time limit must be more than 0 seconds")
+    if args.timeout is not None and not isolation:
+        raise UsageError("--timeout needs an isolated run: a cell in this process cannot be stopped "
+                         "(drop --isolation off, or --timeout)")
+    if args.keep_failed and os.path.exists(args.keep_failed) and not os.path.isdir(args.keep_failed):
+        raise UsageError(f"--keep-failed {args.keep_failed}: exists and is not a folder")
     cases = load_cases(*args.cases)
     known = load_known_issues(args.known_issues)
-    cells = list(select_cells(cases, args.device, args.match))
+    cells = list(select_cells(cases, args.device, args.match, full=not args.fast))
+    previous = resume_records(args.out, environment("cpu")) if args.resume else {}
+    todo = [(c, d, t) for c, d, t in cells if cell_id(c.id, d, t) not in previous]
     console = Console(stderr=True)
-    bases, records, counts = BaseCheckpoints(), [], Counter()
-    interrupted = False
+    if previous:
+        console.print(f"resuming {args.out}: {len(cells) - len(todo)} of {len(cells)} cells already recorded")
+    checkpoints = ReportCheckpoints(args.out, previous)
+    runner = CellRunner(isolate=isolation, timeout_s=args.timeout, keep_failed=args.keep_failed, known_issues=known)
+    counts = Counter(r["status"] for r in previous.values())
+    interrupted, exit_code = None, None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[counts]}"))
-    with Progress(*columns, console=console, disable=args.quiet) as progress:
-        task = progress.add_task("cells", total=len(cells), counts="")
+    with sigterm_as_interrupt(), Progress(*columns, console=console, disable=args.quiet) as progress:
+        task = progress.add_task("cells", total=len(todo), counts="")
         try:
-            for case, device, dtype in cells:
+            for case, device, dtype in todo:
                 progress.update(task, description=f"{case.id}[{device}-{dtype}]")
-                record = run_cell(case, device, dtype, bases=bases, known_issues=known)
-                records.append(record)
+                record = runner.run(case, device, dtype)
+                checkpoints.add(record)
                 counts[record["status"]] += 1
                 if record["status"] in BAD_STATUSES:
                     progress.console.print(f"[red]{record['status']}[/red] {record['cell_id']} "
                                            f"stage={record['stage']}: {(record['message'] or '')[:160]}")
                 progress.update(task, advance=1, counts=" ".join(f"{s}={n}" for s, n in sorted(counts.items())))
-        except KeyboardInterrupt:
-            interrupted = True
-    write_report(args.out, records, complete=not interrupted and len(records) == len(cells),
-                 incomplete_reason="interrupted" if interrupted else None)
-    console.print(f"{len(records)} cells -> {args.out}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see harness/interrupt.py)
+            interrupted, exit_code = interrupt_reason(exc)
+        finally:
+            runner.close()
+    records = list(checkpoints.records.values())
+    selected = {cell_id(c.id, d, t) for c, d, t in cells}
+    complete = interrupted is None and selected <= set(checkpoints.records)
+    checkpoints.write(complete=complete, reason=interrupted or "not every selected cell was recorded")
+    console.print(f"{len(records)} cells -> {args.out}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+                  + (f" (INCOMPLETE: {interrupted})" if interrupted else ""))
     for record in records:
         if record["status"] == "fixed":
             console.print(f"[bold red]FIXED known issue[/bold red] {record['cell_id']}: {record['known_issue']['reference']}")
+    if args.table:
+        from .merge import merge_files
+
+        table = os.path.join(os.path.dirname(os.path.abspath(args.out)), "compat.json")
+        merge_files([args.out], table)
+        console.print(f"table of this environment -> {table} (+ .md, .html)")
     if interrupted:
-        return 130
+        return exit_code
     return EXIT_RED if any(counts[s] for s in BAD_STATUSES) else EXIT_OK
 
 
 def cmd_list(args) -> int:
-    for case, device, dtype in select_cells(load_cases(*args.cases), args.device, args.match):
+    for case, device, dtype in select_cells(load_cases(*args.cases), args.device, args.match, full=not args.fast):
         print(f"{case.id}[{device}-{dtype}]")
     return EXIT_OK
 
@@ -90,13 +126,27 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--known-issues", default=None, metavar="PATH", help="known-issues table (default: shipped)")
         p.add_argument("--device", action="append", choices=("cpu", "cuda", "cuda_to_cpu"),
                        help="only these devices (default: all; CUDA cells skip without CUDA)")
+        p.add_argument("--fast", action="store_true",
+                       help="leave out the full-set cells (the dtypes a case lists in full_dtypes)")
         p.add_argument("-k", "--match", action="append", metavar="PATTERN",
                        help="only cells whose id contains PATTERN or matches it as a glob")
 
     run = sub.add_parser("run", help="run the cells and write the JSON report")
     common(run)
-    run.add_argument("--out", default="reports/compat.json", help="report path (default: reports/compat.json)")
+    run.add_argument("--out", default=default_report_path(),
+                     help="this environment's report (default: reports/$TOX_ENV_NAME.json, else reports/local.json)")
+    run.add_argument("--table", action="store_true",
+                     help="also write the table (compat.json, .md, .html) of this report next to it")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    run.add_argument("--isolation", choices=("worker", "fork", "off"), default="worker",
+                     help="crash isolation: a forked worker replaced after a crash or timeout (default), a new "
+                          "child per cell (fork), or none (off: in this process, for debugging)")
+    run.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                     help="time limit per cell unless the case sets timeout_s (default: 120)")
+    run.add_argument("--keep-failed", default=None, metavar="DIR",
+                     help="keep the checkpoint of every failing cell in DIR, with record.json and a standalone repro.py")
+    run.add_argument("--resume", action="store_true",
+                     help="keep the cells already in --out (an interrupted run) and run only the missing ones")
     run.set_defaults(func=cmd_run)
     lst = sub.add_parser("list", help="print the cell ids that `run` would run")
     common(lst)
@@ -104,6 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="validate the case files and the known-issues table")
     common(val)
     val.set_defaults(func=cmd_validate)
+    from . import determinism as _determinism  # issue 5: rerun the matrix N times, report unstable cells
+
+    rer = sub.add_parser("rerun", help="rerun the cells N times; report any cell whose verdict or max diff changed")
+    common(rer)
+    _determinism.add_arguments(rer)
+    rer.set_defaults(func=_determinism.cmd_rerun)
+    from . import diff as _diff, merge as _merge  # matrix commands (issue 3): merge.py / diff.py own them
+
+    mrg = sub.add_parser("merge", help="merge per-env reports into reports/compat.{json,md,html}")
+    _merge.add_arguments(mrg)
+    mrg.set_defaults(func=lambda a: _merge.main_args(a))
+    dif = sub.add_parser("diff", help="compare two reports/matrices; exit 1 on a regression")
+    _diff.add_arguments(dif)
+    dif.set_defaults(func=lambda a: _diff.main_args(a))
     return parser
 
 
@@ -113,7 +177,7 @@ def main(argv=None) -> int:
         args.cases = ["cases"]
     try:
         return args.func(args)
-    except (CaseError, KnownIssuesError, ReportError) as exc:
+    except (CaseError, KnownIssuesError, ReportError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -52,7 +52,8 @@ def unmet_requirements(requires: dict[str, str]) -> list[str]:
 # --- keyword renames ------------------------------------------------------------------------------------
 
 def dtype_kwargs(dtype) -> dict:
-    """from_pretrained takes `dtype` in transformers >= 4.56 and `torch_dtype` before (still accepted in 4.x)."""
+    """from_pretrained takes `dtype` from transformers 4.56.0 on (checked in the wheels: 4.55.4 has only
+    `torch_dtype`; 4.56.0 pops "dtype" and warns that `torch_dtype` is deprecated)."""
     if release("transformers") >= Version("4.56"):
         return {"dtype": dtype}
     return {"torch_dtype": dtype}
@@ -63,9 +64,10 @@ def dtype_kwargs(dtype) -> dict:
 # newest -> old name for a family under a transformers specifier. Names are matched as whole dotted
 # components (and inside regex target_modules as words).
 MODULE_RENAMES: list[tuple[str, str, dict[str, str]]] = [
-    # transformers 5 rewrote ViT attention as q_proj/k_proj/v_proj/o_proj (4.x: attention.attention.query ...)
-    ("vit_224", "<5", {"q_proj": "query", "k_proj": "key", "v_proj": "value"}),
-    ("vit_512", "<5", {"q_proj": "query", "k_proj": "key", "v_proj": "value"}),
+    # transformers 5.9.0 rewrote ViT attention as q_proj/k_proj/v_proj (checked in the wheels: 5.8.1 and every
+    # 4.x still have attention.attention.query/key/value; 5.0.0 .. 5.8.x too)
+    ("vit_224", "<5.9", {"q_proj": "query", "k_proj": "key", "v_proj": "value"}),
+    ("vit_512", "<5.9", {"q_proj": "query", "k_proj": "key", "v_proj": "value"}),
 ]
 
 
@@ -127,3 +129,17 @@ def load_result_keys(result) -> tuple[list[str] | None, list[str] | None]:
         unexpected = getattr(result, "unexpected_keys", None)
     as_list = lambda keys: None if keys is None else sorted(str(k) for k in keys)  # noqa: E731
     return as_list(missing), as_list(unexpected)
+
+
+# --- config fields that a version lacks ---------------------------------------------------------------------
+
+def missing_config_fields(config_cls, kwargs: dict) -> list[str]:
+    """The keyword arguments a PEFT config class of the installed peft does not know (peft configs are
+    dataclasses): e.g. LoraConfig(use_rslora=...) on peft 0.7.1, where the field arrived in 0.8.0. A cell whose
+    case needs such a field is "not applicable" on that version, like a missing adapter type."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(config_cls):
+        return []
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    return sorted(k for k in kwargs if k not in known)

@@ -83,10 +83,17 @@ def load_known_issues(path=None) -> list[KnownIssue]:
         text = resources.files("harness").joinpath("known_issues.toml").read_text()
         source = "harness/known_issues.toml"
     else:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
         source = str(path)
-    return parse_known_issues(tomllib.loads(text), source)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise KnownIssuesError(f"{source}: cannot read the known-issues table: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise KnownIssuesError(f"{source}: not valid TOML: {exc}") from None
+    return parse_known_issues(data, source)
 
 
 def classify(record: dict, issues: list[KnownIssue]) -> dict:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -17,9 +19,11 @@ import pytest
 from .case import CaseError, load_cases
 from .environment import versions_line
 from .families import BaseCheckpoints
+from .interrupt import ReportCheckpoints, Terminated
+from .isolation import DEFAULT_TIMEOUT_S, CellRunner
 from .known_issues import KnownIssuesError, load_known_issues
-from .report import BAD_STATUSES, write_report
-from .roundtrip import cell_id, run_cell
+from .report import BAD_STATUSES
+from .roundtrip import cell_id, new_record
 
 RECORD_KEY = "peft_compat_cell"
 
@@ -32,6 +36,16 @@ def pytest_addoption(parser):
                     help="write the JSON compatibility report of the collected cells to PATH")
     group.addoption("--known-issues", default=None, metavar="PATH",
                     help="known-issues table (default: the one shipped in harness/known_issues.toml)")
+    group.addoption("--isolation", choices=("worker", "fork", "off"), default="worker",
+                    help="crash isolation of the cells: a forked worker replaced after a crash or timeout (default), "
+                         "a new child per cell (fork), or none (off)")
+    group.addoption("--cell-timeout", type=float, default=None, metavar="SECONDS",
+                    help=f"time limit per cell unless the case sets timeout_s (default: {DEFAULT_TIMEOUT_S:g}; "
+                         "needs isolation)")
+    group.addoption("--full", action="store_true",
+                    help="also collect the full-set cells (the dtypes each case lists in full_dtypes; marker 'full')")
+    group.addoption("--keep-failed", default=None, metavar="DIR",
+                    help="keep the checkpoint of every failing cell in DIR, with record.json and a standalone repro.py")
 
 
 class CompatState:
@@ -49,28 +63,119 @@ class CompatState:
         self.by_path = {}
         for case in self.cases:
             self.by_path.setdefault(Path(case.path).resolve(), []).append(case)
-        self.bases = BaseCheckpoints()
-        self.records: dict[str, dict] = {}
+        self.is_worker = hasattr(config, "workerinput")
+        # xdist: the controller gives each worker a folder of its own for stage files, base checkpoints and cell
+        # folders, and removes it at the end: even a worker that died leaves nothing behind.
+        self.session_dir = config.workerinput.get("peft_compat_session_dir") if self.is_worker else None
+        tmp_root = os.path.join(self.session_dir, config.workerinput["workerid"]) if self.session_dir else None
+        if tmp_root:
+            os.makedirs(tmp_root, exist_ok=True)
+        self.bases = BaseCheckpoints(tempfile.mkdtemp(prefix="peft-compat-bases-", dir=tmp_root) if tmp_root else None)
+        isolation = {"off": False}.get(config.getoption("--isolation"), config.getoption("--isolation"))
+        if config.getoption("--cell-timeout") is not None and not isolation:
+            raise pytest.UsageError("peft-compat: --cell-timeout needs isolation (a cell in the test process "
+                                    "cannot be stopped): drop --isolation off or --cell-timeout")
+        self.runner = CellRunner(isolate=isolation, timeout_s=config.getoption("--cell-timeout"),
+                                 keep_failed=config.getoption("--keep-failed"), bases=self.bases,
+                                 known_issues=self.known, tmp_root=tmp_root)
+        self.cells = {cell_id(c.id, d, t): (c, d, t) for c in self.cases for d, t, _ in c.cells(full=True)}
+        path = config.getoption("--compat-report")
+        self.checkpoints = ReportCheckpoints(path) if path and not self.is_worker else None
+        self.records = self.checkpoints.records if self.checkpoints else {}
+        self._previous_sigterm = None
 
     # hooks: this object is registered as a plugin in pytest_configure
 
+    def _keep(self, record: dict) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.add(record)  # rewrites the report (atomically, throttled) while the run goes on
+        else:
+            self.records[record["cell_id"]] = record
+
     def pytest_runtest_logreport(self, report):
         """On the controller (and in a plain run): keep the record each cell attached to its report."""
+        found = False
         for key, value in getattr(report, "user_properties", ()):
             if key == RECORD_KEY:
-                record = json.loads(value)
-                self.records[record["cell_id"]] = record
+                self._keep(json.loads(value))
+                found = True
+        if not found and report.when == "???" and report.failed:  # xdist: the worker died running this item
+            record = self._crashed_worker_record(report)
+            if record is not None:
+                self._keep(record)
+
+    def _crashed_worker_record(self, report):
+        """xdist reports a worker that died (possible with --isolation off) without the item's record; each
+        worker writes the stage it is in to <session folder>/<worker>.stage, so the record can say where."""
+        name = report.nodeid.rsplit("::", 1)[-1]
+        if name not in self.cells or name in self.records:
+            return None
+        case, device, dtype = self.cells[name]
+        record = new_record(case, device, dtype)
+        record["status"], record["exception_type"] = "crashed", "WorkerCrashed"
+        node = getattr(report, "node", None)
+        worker = getattr(getattr(node, "gateway", None), "id", None)
+        stage = None
+        if worker and self.session_dir:
+            try:
+                with open(os.path.join(self.session_dir, f"{worker}.stage"), encoding="utf-8") as fh:
+                    seen = json.load(fh)
+                if seen.get("cell_id") == name:
+                    stage = seen.get("stage")
+            except (OSError, ValueError):
+                pass
+        record["stage"] = stage
+        where = f"during stage '{stage}'" if stage else "(stage unknown)"
+        record["message"] = (f"the pytest-xdist worker {worker or '?'} died running this cell {where}: "
+                             f"{str(report.longrepr)[:500]}")
+        return record
+
+    def on_stage(self, name: str):
+        """A stage callback for cells run in the test process under xdist (--isolation off)."""
+        worker = self.config.workerinput.get("workerid") if self.is_worker else None
+        if not (worker and self.session_dir):
+            return None
+        path = os.path.join(self.session_dir, f"{worker}.stage")
+
+        def write(stage):
+            with open(path, "w", encoding="utf-8") as fh:
+                json.dump({"cell_id": name, "stage": stage}, fh)
+        return write
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node):
+        """xdist controller: give each worker the session folder (stage files, its temporary folders)."""
+        if self.session_dir is None:
+            self.session_dir = tempfile.mkdtemp(prefix="peft-compat-session-")
+        node.workerinput["peft_compat_session_dir"] = self.session_dir
+
+    def install_sigterm(self):
+        """The controller (or a plain run) treats SIGTERM like Ctrl-C: the report is written, incomplete."""
+        if self.is_worker:
+            return
+
+        def handler(signum, frame):
+            raise Terminated()
+        try:
+            self._previous_sigterm = signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread
+            self._previous_sigterm = None
+
+    def pytest_unconfigure(self, config):
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
 
     def pytest_sessionfinish(self, session, exitstatus):
-        if self.bases._root:
-            shutil.rmtree(self.bases.root, ignore_errors=True)
-        if hasattr(self.config, "workerinput"):  # an xdist worker: the controller writes the report
+        self.runner.close()  # stops the cell worker, removes the base checkpoints
+        if self.is_worker:  # an xdist worker: the controller writes the report
             return
-        path = self.config.getoption("--compat-report")
-        if path:
+        if self.session_dir:
+            shutil.rmtree(self.session_dir, ignore_errors=True)
+        if self.checkpoints is not None:
             interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
-            write_report(path, list(self.records.values()), complete=not interrupted,
-                         incomplete_reason="interrupted" if interrupted else None)
+            self.checkpoints.write(complete=not interrupted,
+                                   reason="interrupted (SIGINT or SIGTERM)" if interrupted else None)
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
         if not self.records:
@@ -94,11 +199,13 @@ STATE = pytest.StashKey[CompatState]()
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: a cell that runs (part of) its round trip on a CUDA device")
     config.addinivalue_line("markers", "cases: a compatibility cell collected from a case file")
+    config.addinivalue_line("markers", "full: a full-set cell (a dtype the case lists in full_dtypes); needs --full")
     state = CompatState(config)
     for tag in sorted({t for c in state.cases for t in c.tags}):
         config.addinivalue_line("markers", f"{tag}: case tag (from case files)")
     config.stash[STATE] = state
     config.pluginmanager.register(state, "peft-compat-state")
+    state.install_sigterm()
 
 
 def pytest_collect_file(file_path, parent):
@@ -111,17 +218,19 @@ def pytest_collect_file(file_path, parent):
 class CaseFile(pytest.File):
     def collect(self):
         state = self.config.stash[STATE]
+        full = self.config.getoption("--full")
         for case in state.by_path[self.path.resolve()]:
-            for device in case.devices:
-                for dtype in case.dtypes:
-                    item = CellItem.from_parent(self, name=cell_id(case.id, device, dtype), case=case,
-                                                device=device, dtype=dtype)
-                    item.add_marker("cases")
-                    for tag in case.tags:
-                        item.add_marker(tag)
-                    if device != "cpu":
-                        item.add_marker("cuda")
-                    yield item
+            for device, dtype, full_only in case.cells(full=full):
+                item = CellItem.from_parent(self, name=cell_id(case.id, device, dtype), case=case,
+                                            device=device, dtype=dtype)
+                item.add_marker("cases")
+                for tag in case.tags:
+                    item.add_marker(tag)
+                if device != "cpu":
+                    item.add_marker("cuda")
+                if full_only:
+                    item.add_marker("full")
+                yield item
 
 
 class CellFailure(Exception):
@@ -160,7 +269,12 @@ class CellItem(pytest.Item):
 
     def runtest(self):
         state = self.config.stash[STATE]
-        record = run_cell(self.case, self.device, self.dtype, bases=state.bases, known_issues=state.known)
+        hooks = {}
+        if not state.runner.isolate:
+            on_stage = state.on_stage(self.name)
+            if on_stage is not None:
+                hooks["on_stage"] = on_stage
+        record = state.runner.run(self.case, self.device, self.dtype, **hooks)
         self.user_properties.append((RECORD_KEY, json.dumps(record)))
         status = record["status"]
         if status in ("skipped", "not-applicable"):

@@ -89,14 +89,19 @@ def write_report(path: str, cells: list[dict], **kwargs) -> dict:
     return report
 
 
-def read_report(path: str) -> dict:
+def read_json(path: str, error=ValueError):
+    """json.load of `path`; an unreadable or non-JSON file raises `error` naming the path and the reason."""
     try:
         with open(path, encoding="utf-8") as fh:
-            report = json.load(fh)
+            return json.load(fh)
     except OSError as exc:
-        raise ReportError(f"{path}: cannot read: {exc.strerror}") from None
+        raise error(f"{path}: cannot read: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
-        raise ReportError(f"{path}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        raise error(f"{path}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+
+
+def read_report(path: str) -> dict:
+    report = read_json(path, ReportError)
     if not isinstance(report, dict):
         raise ReportError(f"{path}: not a peft-compat report (top level is not an object)")
     validate_report(report, path)

@@ -97,12 +97,15 @@ def _captured_warnings(record: dict, stage: str):
 class _Stages:
     """Runs the stages of one cell; the first failure ends the cell with that stage in the record."""
 
-    def __init__(self, record: dict):
+    def __init__(self, record: dict, on_stage=None):
         self.record = record
+        self.on_stage = on_stage
 
     @contextmanager
     def stage(self, name: str):
         self.record["stage"] = name
+        if self.on_stage is not None:  # crash isolation streams the current stage to its parent
+            self.on_stage(name)
         start = time.perf_counter()
         try:
             with _captured_warnings(self.record, name):
@@ -200,11 +203,12 @@ def _check_keys(record: dict, api_result) -> None:
 
 def run_cell(case, device: str = "cpu", dtype: str = "fp32", *, bases: BaseCheckpoints | None = None,
              known_issues=None, workdir: str | None = None, keep_artifacts: bool = False,
-             after_save=None, after_load=None) -> dict:
+             after_save=None, after_load=None, on_stage=None) -> dict:
     """Run one cell and return its record (a plain dict that the report schema describes).
 
     `after_save(artifact_path)` and `after_load(model)` are fault-injection seams for the harness's own tests
-    (corrupt a file, nudge a weight): they let a test prove that a check fails, with the real libraries."""
+    (corrupt a file, nudge a weight): they let a test prove that a check fails, with the real libraries.
+    `on_stage(name)` is called as each stage starts (harness/isolation.py streams it to the parent process)."""
     from .known_issues import classify, load_known_issues
 
     record = new_record(case, device, dtype)
@@ -216,7 +220,7 @@ def run_cell(case, device: str = "cpu", dtype: str = "fp32", *, bases: BaseCheck
     own_workdir = workdir is None
     workdir = workdir or tempfile.mkdtemp(prefix="peft-compat-cell-")
     try:
-        _run_stages(case, device, dtype, record, bases, workdir, after_save, after_load)
+        _run_stages(case, device, dtype, record, bases, workdir, after_save, after_load, on_stage)
     finally:
         if own_workdir and not keep_artifacts:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -225,7 +229,7 @@ def run_cell(case, device: str = "cpu", dtype: str = "fp32", *, bases: BaseCheck
     return classify(record, load_known_issues() if known_issues is None else known_issues)
 
 
-def _run_stages(case, device, dtype, record, bases, workdir, after_save, after_load) -> None:
+def _run_stages(case, device, dtype, record, bases, workdir, after_save, after_load, on_stage=None) -> None:
     import torch
 
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -236,7 +240,7 @@ def _run_stages(case, device, dtype, record, bases, workdir, after_save, after_l
     threshold = record["vacuity_threshold"] = tol * VACUITY_FACTOR
     save_mode, load_mode = SAVE_MODES[case.save_mode], LOAD_MODES[case.load_mode]
     artifact = os.path.join(workdir, "artifact")
-    run = _Stages(record)
+    run = _Stages(record, on_stage)
     try:
         with run.stage("build"):
             base_dir = bases.get(family, case.model_config)

@@ -89,3 +89,12 @@ def test_fixed_end_to_end_with_a_real_passing_cell(write_case):
     out = run_cell(case, "cpu", "fp32", known_issues=issues(cases=[case.id], stage="compare"))
     assert out["status"] == "fixed"
     assert isinstance(case, Case)
+
+
+def test_unreadable_or_malformed_table_is_a_clear_error(tmp_path):
+    with pytest.raises(KnownIssuesError, match=r"nope\.toml: cannot read"):
+        load_known_issues(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[issue]\ncases = 1")
+    with pytest.raises(KnownIssuesError, match=r"bad\.toml: not valid TOML"):
+        load_known_issues(bad)

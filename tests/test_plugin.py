@@ -91,3 +91,13 @@ def test_cli_run_writes_the_same_cells(small_matrix, tmp_path):
     report = json.loads(out.read_text())
     assert report["summary"] == {"pass": 2, "fail": 1, "expected-failure": 1, "not-applicable": 1}
     assert "5 cells ->" in result.stderr
+
+
+def test_full_set_cells_are_collected_only_with_full(write_case, case_dir, tmp_path):
+    write_case(id="bert_classifier-lora-ok", full_dtypes=["bf16"])
+    known = tmp_path / "known.toml"
+    known.write_text("")
+    fast = pytest_run(case_dir, known, "--collect-only", "-q", "-m", "not cuda")
+    assert [l.split("::")[1] for l in fast.stdout.splitlines() if "::" in l] == ["bert_classifier-lora-ok[cpu-fp32]"]
+    full = pytest_run(case_dir, known, "--collect-only", "-q", "-m", "full and not cuda", "--full")
+    assert [l.split("::")[1] for l in full.stdout.splitlines() if "::" in l] == ["bert_classifier-lora-ok[cpu-bf16]"]

@@ -1,0 +1,167 @@
+"""Compare two runs: `python -m harness diff OLD.json NEW.json [--markdown]`.
+
+Each side is a merged matrix (compat.json from `merge`) or a single per-env report; a single report is one
+column. Two single reports are compared cell by cell whatever their environment names. Prints regressions
+(pass -> red), fixes (red -> pass), other status changes, new / removed cells and new / removed environments.
+Exit status: 1 if there is a regression, 0 otherwise, 2 if an input cannot be used (path and reason printed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .merge import MATRIX_KIND, MatrixError, build_matrix, read_matrix
+from .report import ReportError, read_report
+
+GOOD = ("pass", "fixed")  # fixed: the round trip passed (a known issue that no longer fails)
+RED = ("fail", "error", "expected-failure", "crashed", "timeout", "env-failed")
+SINGLE = "(report)"
+
+
+def load_side(path: str) -> dict:
+    """A matrix, from either kind of file; read_report / read_matrix validate and name the file on error."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            kind = json.load(fh).get("kind")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        kind = None  # let the reader below say what is wrong, with the path
+    if kind == MATRIX_KIND:
+        return read_matrix(path)
+    report = read_report(path)
+    matrix = build_matrix([(path, report)])
+    matrix["_single"] = True
+    return matrix
+
+
+def _table(matrix: dict, rename_single: bool) -> dict:
+    out = {}
+    for row in matrix["cells"]:
+        for env, entry in row["entries"].items():
+            out[(SINGLE if rename_single else env, row["cell_id"])] = entry
+    return out
+
+
+def _fill_failed_envs(matrix: dict, table: dict, cells, single: bool) -> None:
+    """An env that could not be set up has no cells in its report: every cell is env-failed there."""
+    for env in matrix["environments"]:
+        if env["state"] != "env-failed":
+            continue
+        name = SINGLE if single else env["name"]
+        for cid in cells:
+            table.setdefault((name, cid), {"status": "env-failed", "stage": None, "reason": env["reason"]})
+
+
+def _any_env_ran(matrix: dict) -> bool:
+    return any(env["state"] != "env-failed" for env in matrix["environments"])
+
+
+def compare(old: dict, new: dict) -> dict:
+    single = bool(old.get("_single") and new.get("_single"))
+    old_envs = [SINGLE] if single else [e["name"] for e in old["environments"]]
+    new_envs = [SINGLE] if single else [e["name"] for e in new["environments"]]
+    old_cells = {r["cell_id"] for r in old["cells"]}
+    new_cells = {r["cell_id"] for r in new["cells"]}
+    a, b = _table(old, single), _table(new, single)
+    _fill_failed_envs(old, a, old_cells | new_cells, single)
+    _fill_failed_envs(new, b, old_cells | new_cells, single)
+    # a side whose every environment failed to set up says nothing about which cells exist
+    old_ran, new_ran = _any_env_ran(old), _any_env_ran(new)
+    result = {"regressions": [], "fixes": [], "changes": [],
+              "new_cells": sorted(new_cells - old_cells) if old_ran else [],
+              "removed_cells": sorted(old_cells - new_cells) if new_ran else [],
+              "new_envs": [e for e in new_envs if e not in old_envs],
+              "removed_envs": [e for e in old_envs if e not in new_envs]}
+    for key in sorted(set(a) & set(b)):
+        before, after = a[key]["status"], b[key]["status"]
+        if before == after:
+            continue
+        item = {"env": key[0], "cell_id": key[1], "old": before, "new": after, "stage": b[key].get("stage"),
+                "reason": b[key].get("reason")}
+        if before in GOOD and after in RED:
+            result["regressions"].append(item)
+        elif before in RED and after in GOOD:
+            result["fixes"].append(item)
+        else:
+            result["changes"].append(item)
+    return result
+
+
+def _lines(title: str, items, fmt) -> list[str]:
+    return [f"{title} ({len(items)}):"] + [f"  {fmt(i)}" for i in items] if items else []
+
+
+def text(result: dict) -> str:
+    def fmt(i):
+        stage = f" at {i['stage']}" if i.get("stage") else ""
+        reason = f": {i['reason'][:160]}" if i.get("reason") else ""
+        return f"{i['cell_id']} @ {i['env']}: {i['old']} -> {i['new']}{stage}{reason}"
+
+    out = []
+    out += _lines("REGRESSIONS", result["regressions"], fmt)
+    out += _lines("fixes", result["fixes"], fmt)
+    out += _lines("other status changes", result["changes"], fmt)
+    out += _lines("new cells", result["new_cells"], str)
+    out += _lines("removed cells", result["removed_cells"], str)
+    out += _lines("new environments", result["new_envs"], str)
+    out += _lines("removed environments", result["removed_envs"], str)
+    if not out:
+        out = ["no differences"]
+    out.append(f"{len(result['regressions'])} regression(s), {len(result['fixes'])} fix(es), "
+               f"{len(result['changes'])} other change(s)")
+    return "\n".join(out) + "\n"
+
+
+def markdown(result: dict) -> str:
+    def row(i):
+        reason = (i.get("reason") or "").replace("|", "\\|").replace("\n", " ")[:200]
+        return f"| `{i['cell_id']}` | `{i['env']}` | {i['old']} | {i['new']} | {i.get('stage') or ''} | {reason} |"
+
+    out = ["## peft-compat: changes since the previous run", ""]
+    verdict = (f"**{len(result['regressions'])} regression(s)**" if result["regressions"] else "No regression")
+    out += [f"{verdict}, {len(result['fixes'])} fix(es), {len(result['changes'])} other change(s).", ""]
+    for title, key in (("Regressions (pass -> red)", "regressions"), ("Fixes (red -> pass)", "fixes"),
+                       ("Other status changes", "changes")):
+        if result[key]:
+            out += [f"### {title}", "", "| cell | env | old | new | stage | reason |",
+                    "| --- | --- | --- | --- | --- | --- |"] + [row(i) for i in result[key]] + [""]
+    for title, key in (("New cells", "new_cells"), ("Removed cells", "removed_cells"),
+                       ("New environments", "new_envs"), ("Removed environments", "removed_envs")):
+        if result[key]:
+            out += [f"### {title}", ""] + [f"- `{x}`" for x in result[key]] + [""]
+    return "\n".join(out) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("old", help="the earlier compat.json (matrix) or per-env report")
+    parser.add_argument("new", help="the later compat.json (matrix) or per-env report")
+    parser.add_argument("--markdown", action="store_true", help="Markdown for a job summary")
+    parser.add_argument("--json", dest="as_json", action="store_true", help="the diff as JSON")
+
+
+def run(args) -> int:
+    result = compare(load_side(args.old), load_side(args.new))
+    if args.as_json:
+        print(json.dumps(result, indent=1))
+    else:
+        sys.stdout.write(markdown(result) if args.markdown else text(result))
+    return 1 if result["regressions"] else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness diff", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return main_args(parser.parse_args(argv))
+
+
+def main_args(args) -> int:
+    try:
+        return run(args)
+    except (ReportError, MatrixError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,541 @@
+"""Crash isolation and the per-cell time limit: every cell runs in a child forked from a warm process.
+
+A fresh interpreter per cell would cost ~4 s (importing torch + transformers + peft) against ~50 ms for a warm
+cell, so the parent imports everything once and forks one child per cell (copy-on-write: the fork itself costs
+a few ms). The child runs `run_cell`, streams the stage it enters and, at the end, its record to the parent
+over a pipe, one JSON object per line, and leaves with os._exit. The parent waits with the cell's time limit:
+
+* a record arrives                       -> that record (pass, fail, error, expected-failure, ...);
+* the limit passes                       -> the child's process group is killed, status "timeout";
+* the child dies without a record        -> status "crashed" (segfault, os._exit, OOM kill, ...),
+  both with the stage the child was in.
+
+The temporary folder of the cell is created and removed by the parent, so a killed child leaves nothing
+behind; the child's `tempfile` default points inside it. Base checkpoints that a child builds into the
+parent's BaseCheckpoints folder are reported back and reused by later cells.
+
+Threads: libgomp (torch's OpenMP) hangs in a forked child if the parent already ran a parallel region, so
+children run with one intra-op thread (`torch.set_num_threads(1)`); for these tiny models that is also faster
+on a busy machine, and the reduction order is the same on every run. The parent never has to compute.
+CUDA: the parent must not initialise CUDA before forking; `torch.cuda.is_available()` is made NVML-based.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+
+from .roundtrip import MESSAGE_LIMIT, new_record, run_cell
+
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # is_available() without initialising CUDA
+
+# The parent's ends of the pipes to live workers: a child forked later closes them first, so that a worker
+# sees EOF on its task pipe when its runner closes it (and no child holds another cell's pipe open).
+_PARENT_FDS: set[int] = set()
+
+DEFAULT_TIMEOUT_S = 120.0  # per cell, unless the case sets timeout_s; a warm cell takes well under a second
+CHILD_THREADS = 1
+
+
+def _leave_child(code: int) -> None:
+    """A forked child never returns into the parent's code (pytest, the CLI loop): flush and leave."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        pass
+    os._exit(code)
+
+
+def cell_timeout(case, default: float | None = None) -> float:
+    """The time limit of a cell: the case's timeout_s, else `default`, else DEFAULT_TIMEOUT_S."""
+    if getattr(case, "timeout_s", None):
+        return float(case.timeout_s)
+    return float(default if default is not None else DEFAULT_TIMEOUT_S)
+
+
+def can_fork() -> bool:
+    return hasattr(os, "fork") and sys.platform != "win32"
+
+
+def prewarm(case) -> None:
+    """Import, in the parent, what the child would otherwise import again for every cell: the model classes
+    of the case's family and the PEFT config class (transformers imports its modeling files lazily)."""
+    import peft  # noqa: F401
+    import safetensors.torch  # noqa: F401
+
+    from .families import FAMILIES
+
+    FAMILIES[case.family].classes()
+    getattr(peft, case.adapter_type, None)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _write_line(fd: int, obj: dict) -> None:
+    data = (json.dumps(obj) + "\n").encode()
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+def _close_inherited() -> None:
+    for fd in list(_PARENT_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _PARENT_FDS.clear()
+
+
+def _child(wfd: int, case, device, dtype, workdir, bases, kwargs) -> None:
+    """In the forked child: run the cell, stream stage and record, never return."""
+    code = 0
+    try:
+        _close_inherited()
+        os.setpgid(0, 0)  # own process group: a timeout kills whatever the cell started, too
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # the parent decides what an interrupt means
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        tmp = os.path.join(workdir, "tmp")
+        os.makedirs(tmp, exist_ok=True)
+        tempfile.tempdir = tmp
+        _catch_crash_traceback(workdir)
+        import torch
+
+        torch.set_num_threads(CHILD_THREADS)
+        known_dirs = dict(bases._dirs) if bases is not None else {}
+        record = run_cell(case, device, dtype, bases=bases, workdir=workdir,
+                          on_stage=lambda name: _write_line(wfd, {"stage": name}), **kwargs)
+        if bases is not None:
+            new = {k: v for k, v in bases._dirs.items() if known_dirs.get(k) != v}
+            if new:
+                _write_line(wfd, {"bases": new})
+        _write_line(wfd, {"record": record})
+    except BaseException as exc:  # a bug of the harness itself: report it, do not unwind into the parent's code
+        code = 3
+        try:
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-MESSAGE_LIMIT:]
+            _write_line(wfd, {"harness_error": f"{type(exc).__name__}: {exc}", "traceback": text})
+        except BaseException:
+            pass
+    finally:
+        _leave_child(code)
+
+
+CRASH_FILE = "crash-traceback.txt"
+
+
+def _catch_crash_traceback(workdir: str) -> None:
+    """In the child: a fatal signal writes the Python stack into the cell's folder (faulthandler), not onto
+    the terminal; the parent puts it into the crashed record."""
+    import faulthandler
+
+    global _crash_fh
+    fh = open(os.path.join(workdir, CRASH_FILE), "w")  # noqa: SIM115 - stays open for the signal handler
+    faulthandler.enable(file=fh, all_threads=False)
+    faulthandler.register(signal.SIGUSR1, file=fh, all_threads=True)  # the parent asks before a timeout kill
+    if _crash_fh is not None:
+        _crash_fh.close()
+    _crash_fh = fh
+
+
+_crash_fh = None
+
+
+def _crash_traceback(workdir: str):
+    try:
+        with open(os.path.join(workdir, CRASH_FILE), encoding="utf-8", errors="replace") as fh:
+            text = fh.read().strip()
+    except OSError:
+        return None
+    text = "\n".join(line for line in text.splitlines() if not line.startswith("Extension modules:"))
+    return text[:MESSAGE_LIMIT] or None  # faulthandler writes the innermost frame first
+
+
+def _kill_with_stack(pid: int) -> None:
+    """A timeout: ask the child for its Python stack (SIGUSR1 -> faulthandler), then kill it."""
+    try:
+        os.kill(pid, signal.SIGUSR1)
+        time.sleep(0.3)
+    except OSError:
+        pass
+    _kill_group(pid)
+
+
+def _kill_group(pid: int) -> None:
+    for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+        try:
+            kill()
+            return
+        except (ProcessLookupError, PermissionError):
+            continue
+
+
+class _Reader:
+    """The parent's side of the pipe: stage, base checkpoints, record or harness error, one line each."""
+
+    def __init__(self, rfd: int, bases):
+        self.rfd, self.bases, self.buf = rfd, bases, b""
+
+    def wait(self, deadline: float) -> dict:
+        """Read until a record, EOF or the deadline. Returns what was seen: record, stage, seconds, error, why."""
+        seen = {"record": None, "stage": None, "seconds": {}, "harness_error": None, "why": None}
+        stage_start = time.monotonic()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                seen["why"] = "timeout"
+                break
+            ready, _, _ = select.select([self.rfd], [], [], remaining)
+            if not ready:
+                continue
+            chunk = os.read(self.rfd, 1 << 16)
+            if not chunk:
+                seen["why"] = "eof"  # the child has exited
+                break
+            self.buf += chunk
+            *lines, self.buf = self.buf.split(b"\n")
+            for line in lines:
+                msg = json.loads(line)
+                if "stage" in msg:
+                    now = time.monotonic()
+                    if seen["stage"] is not None:
+                        seen["seconds"][seen["stage"]] = round(now - stage_start, 6)
+                    seen["stage"], stage_start = msg["stage"], now
+                elif "bases" in msg:
+                    self.bases._dirs.update(msg["bases"])
+                elif "record" in msg:
+                    seen["record"], seen["why"] = msg["record"], "record"
+                elif "harness_error" in msg:
+                    seen["harness_error"], seen["why"] = msg, "harness_error"
+            if seen["why"] in ("record", "harness_error"):
+                break
+        if seen["stage"] is not None and seen["why"] != "record":
+            seen["seconds"][seen["stage"]] = round(time.monotonic() - stage_start, 6)
+        return seen
+
+
+def _verdict(case, device, dtype, seen: dict, status, limit: float, elapsed: float, workdir: str) -> dict:
+    """The record of a cell from what its process sent and how it ended."""
+    if seen["why"] == "record":
+        record = seen["record"]
+        record.pop("artifact_dir", None)
+        try:
+            os.unlink(os.path.join(workdir, CRASH_FILE))
+        except OSError:
+            pass
+        return record
+    record = new_record(case, device, dtype)
+    record["traceback"] = _crash_traceback(workdir)
+    stage = seen["stage"]
+    record["stage"], record["seconds"] = stage, seen["seconds"]
+    where = f"during stage '{stage}'" if stage else "before its first stage"
+    if seen["why"] == "timeout":
+        record["status"], record["exception_type"] = "timeout", "Timeout"
+        record["message"] = (f"the cell ran past its time limit of {limit:g} s {where} and was killed "
+                             f"(set timeout_s in the case file, or --timeout, to change the limit)")
+    elif seen["why"] == "harness_error":
+        record["status"], record["exception_type"] = "crashed", "HarnessError"
+        record["message"] = f"the harness failed in the cell's process {where}: {seen['harness_error']['harness_error']}"
+        record["traceback"] = seen["harness_error"]["traceback"]
+    else:
+        record["status"] = "crashed"
+        if status is not None and os.WIFSIGNALED(status):
+            sig = _signal_name(os.WTERMSIG(status))
+            record["exception_type"] = sig
+            hint = " (SIGKILL: often the out-of-memory killer)" if sig == "SIGKILL" else ""
+            record["message"] = f"the cell's process was killed by {sig}{hint} {where} after {elapsed:.2f} s"
+        else:
+            code = os.WEXITSTATUS(status) if status is not None and os.WIFEXITED(status) else status
+            record["exception_type"] = f"exit code {code}"
+            record["message"] = f"the cell's process exited with code {code} {where} without a result"
+    return record
+
+
+def _reap(pid: int, kill: bool, stack: bool = False):
+    if kill:
+        (_kill_with_stack if stack else _kill_group)(pid)
+    try:
+        return os.waitpid(pid, 0)[1]
+    except ChildProcessError:
+        return None
+
+
+def _finish_workdir(record: dict, workdir: str, keep_artifacts: bool) -> dict:
+    if keep_artifacts:
+        record["artifact_dir"] = workdir
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+        record.pop("artifact_dir", None)
+    return record
+
+
+def _prepare(case, device, bases, known_issues):
+    from .families import BaseCheckpoints
+    from .known_issues import load_known_issues
+
+    bases = bases if bases is not None else BaseCheckpoints()
+    bases.root  # noqa: B018 - created in the parent, so that children build into one shared folder
+    known_issues = load_known_issues() if known_issues is None else known_issues
+    prewarm(case)
+    return bases, known_issues
+
+
+def run_cell_isolated(case, device: str = "cpu", dtype: str = "fp32", *, timeout_s: float | None = None,
+                      bases=None, known_issues=None, keep_artifacts: bool = False, tmp_root: str | None = None,
+                      **kwargs) -> dict:
+    """run_cell in a child forked for this one cell, with a time limit. Returns the cell's record; a child that
+    dies or runs past the limit gives a "crashed" / "timeout" record with the stage it was in. With
+    keep_artifacts the cell's folder is kept (record["artifact_dir"]); otherwise it is removed, whatever
+    happened. kwargs (after_save, after_load) go to run_cell in the child."""
+    from .roundtrip import applicability
+
+    skip = applicability(case, device)
+    if skip:  # decided in the parent: nothing to isolate
+        record = new_record(case, device, dtype)
+        record["status"], record["message"] = skip
+        return record
+    if not can_fork():  # pragma: no cover - the harness runs on Linux / macOS
+        return run_cell(case, device, dtype, bases=bases, known_issues=known_issues,
+                        keep_artifacts=keep_artifacts, **kwargs)
+    limit = cell_timeout(case, timeout_s)
+    own_bases = bases is None  # then the base checkpoint is this cell's alone: removed with it
+    bases, known_issues = _prepare(case, device, bases, known_issues)
+    workdir = tempfile.mkdtemp(prefix="peft-compat-cell-", dir=tmp_root)
+    kwargs = dict(kwargs, known_issues=known_issues)
+    rfd, wfd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child (coverage does not follow forks)
+        os.close(rfd)
+        _child(wfd, case, device, dtype, workdir, bases, kwargs)
+    os.close(wfd)
+    try:
+        os.setpgid(pid, pid)
+    except OSError:  # the child did it first, or already left
+        pass
+    try:
+        seen = _Reader(rfd, bases).wait(start + limit)
+        status = _reap(pid, kill=seen["why"] == "timeout", stack=True)
+        pid = None
+    finally:
+        os.close(rfd)
+        if pid is not None:  # interrupted (KeyboardInterrupt / SIGTERM) while waiting: take the child down
+            _reap(pid, kill=True)
+            shutil.rmtree(workdir, ignore_errors=True)
+        if own_bases:
+            shutil.rmtree(bases.root, ignore_errors=True)
+    record = _verdict(case, device, dtype, seen, status, limit, time.monotonic() - start, workdir)
+    return _finish_workdir(record, workdir, keep_artifacts)
+
+
+class _Worker:
+    """One child forked from the warm parent that runs cell after cell (sent to it pickled over a pipe: our own
+    process, not a file) until it crashes or runs past a time limit; then the parent forks a new one.
+    The cell's folder is created and removed by the parent, as with a child per cell."""
+
+    def __init__(self, bases, known_issues):
+        task_r, task_w = os.pipe()
+        res_r, res_w = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            os.close(task_w)
+            os.close(res_r)
+            self._serve(task_r, res_w, bases, known_issues)
+        os.close(task_r)
+        os.close(res_w)
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass
+        self.pid, self.task_w, self.res_r = pid, task_w, res_r
+        _PARENT_FDS.update((task_w, res_r))
+        self.reader = _Reader(res_r, bases)
+
+    @staticmethod
+    def _serve(task_r: int, res_w: int, bases, known_issues) -> None:  # pragma: no cover - the child
+        code = 0
+        try:
+            _close_inherited()
+            os.setpgid(0, 0)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            import pickle
+
+            import torch
+
+            torch.set_num_threads(CHILD_THREADS)
+            tasks = os.fdopen(task_r, "rb")
+            while True:
+                header = tasks.readline()
+                if not header:
+                    break  # the parent closed the pipe: done
+                case, device, dtype, workdir = pickle.loads(tasks.read(int(header)))
+                try:
+                    tmp = os.path.join(workdir, "tmp")
+                    os.makedirs(tmp, exist_ok=True)
+                    tempfile.tempdir = tmp
+                    _catch_crash_traceback(workdir)
+                    known_dirs = dict(bases._dirs)
+                    record = run_cell(case, device, dtype, bases=bases, known_issues=known_issues, workdir=workdir,
+                                      on_stage=lambda name: _write_line(res_w, {"stage": name}))
+                    new = {k: v for k, v in bases._dirs.items() if known_dirs.get(k) != v}
+                    if new:
+                        _write_line(res_w, {"bases": new})
+                    _write_line(res_w, {"record": record})
+                except Exception as exc:  # a harness bug in one cell: report it, serve the next
+                    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-MESSAGE_LIMIT:]
+                    _write_line(res_w, {"harness_error": f"{type(exc).__name__}: {exc}", "traceback": text})
+                finally:
+                    tempfile.tempdir = None
+        except BaseException:
+            code = 3
+        finally:
+            _leave_child(code)
+
+    def run(self, case, device, dtype, workdir, limit):
+        import pickle
+
+        payload = pickle.dumps((case, device, dtype, workdir))
+        start = time.monotonic()
+        try:
+            os.write(self.task_w, f"{len(payload)}\n".encode() + payload)
+        except BrokenPipeError:  # the worker is gone already
+            return {"record": None, "stage": None, "seconds": {}, "harness_error": None, "why": "eof"}, None, 0.0
+        seen = self.reader.wait(start + limit)
+        status = None
+        if seen["why"] in ("timeout", "eof"):
+            status = self.stop(kill=seen["why"] == "timeout", stack=True)
+        return seen, status, time.monotonic() - start
+
+    def stop(self, kill: bool = False, stack: bool = False):
+        """Close the pipes and reap the worker (killing it first if asked). Returns its wait status."""
+        if self.pid is None:
+            return None
+        for fd in (self.task_w, self.res_r):
+            _PARENT_FDS.discard(fd)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if not kill:  # the worker leaves on EOF; give it a moment, then make sure
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self.pid = None
+                    return status
+                time.sleep(0.01)
+            kill = True
+        status = _reap(self.pid, kill=kill, stack=stack)
+        self.pid = None
+        return status
+
+
+class CellRunner:
+    """What the CLI and the pytest plugin call for each cell, with the time limit and --keep-failed evidence.
+
+    isolate="worker" (default): a forked worker runs the cells one after another and is replaced after a crash
+    or a timeout (no per-cell cost); "fork": a new child per cell (nothing shared between cells, ~+70 ms per
+    cell); False: in this process (no crash isolation, no time limit; for debugging). A cell with test hooks
+    (after_save, after_load) always gets a child of its own."""
+
+    def __init__(self, *, isolate="worker", timeout_s: float | None = None, keep_failed: str | None = None,
+                 bases=None, known_issues=None, tmp_root: str | None = None):
+        """tmp_root: where cell folders (and, without `bases`, base checkpoints) go; default: the system's."""
+        from .families import BaseCheckpoints
+
+        self.tmp_root = tmp_root
+        if tmp_root is not None:
+            os.makedirs(tmp_root, exist_ok=True)
+            if bases is None:
+                bases = BaseCheckpoints(tempfile.mkdtemp(prefix="peft-compat-bases-", dir=tmp_root))
+
+        if isolate is True:
+            isolate = "worker"
+        if isolate not in ("worker", "fork", False, None):
+            raise ValueError(f"isolate must be 'worker', 'fork' or False, not {isolate!r}")
+        self.isolate = isolate if can_fork() else False
+        self.timeout_s = timeout_s
+        self.keep_failed = keep_failed
+        self.bases = bases if bases is not None else BaseCheckpoints()
+        self.known_issues = known_issues
+        self._worker: _Worker | None = None
+
+    def run(self, case, device: str, dtype: str, **kwargs) -> dict:
+        keep = self.keep_failed is not None
+        if self.isolate == "worker" and not kwargs:
+            record = self._run_in_worker(case, device, dtype, keep)
+        elif self.isolate:
+            record = run_cell_isolated(case, device, dtype, timeout_s=self.timeout_s, bases=self.bases,
+                                       known_issues=self.known_issues, keep_artifacts=keep, tmp_root=self.tmp_root,
+                                       **kwargs)
+        else:
+            workdir = tempfile.mkdtemp(prefix="peft-compat-cell-", dir=self.tmp_root)
+            try:
+                record = run_cell(case, device, dtype, bases=self.bases, known_issues=self.known_issues,
+                                  workdir=workdir, **kwargs)
+            finally:
+                if not keep:
+                    shutil.rmtree(workdir, ignore_errors=True)
+            if not keep:
+                record.pop("artifact_dir", None)
+        if keep and record.get("artifact_dir"):
+            from .repro import keep_evidence
+
+            keep_evidence(record, case, self.keep_failed)
+        return record
+
+    def _run_in_worker(self, case, device, dtype, keep: bool) -> dict:
+        from .roundtrip import applicability
+
+        skip = applicability(case, device)
+        if skip:
+            record = new_record(case, device, dtype)
+            record["status"], record["message"] = skip
+            return record
+        limit = cell_timeout(case, self.timeout_s)
+        self.bases, self.known_issues = _prepare(case, device, self.bases, self.known_issues)
+        workdir = tempfile.mkdtemp(prefix="peft-compat-cell-", dir=self.tmp_root)
+        done = False
+        try:
+            if self._worker is None:
+                self._worker = _Worker(self.bases, self.known_issues)
+            seen, status, elapsed = self._worker.run(case, device, dtype, workdir, limit)
+            if seen["why"] in ("timeout", "eof"):
+                self._worker = None  # stopped by run(); the next cell forks a fresh worker
+            done = True
+        finally:
+            if not done:  # interrupted while waiting: take the worker down, leave no folder behind
+                self.stop_worker(kill=True)
+                shutil.rmtree(workdir, ignore_errors=True)
+        record = _verdict(case, device, dtype, seen, status, limit, elapsed, workdir)
+        return _finish_workdir(record, workdir, keep)
+
+    def stop_worker(self, kill: bool = False) -> None:
+        if self._worker is not None:
+            self._worker.stop(kill=kill)
+            self._worker = None
+
+    def close(self) -> None:
+        """Stop the worker and remove the base checkpoints folder (a run leaves no temporary folder behind)."""
+        self.stop_worker()
+        if self.bases._root:
+            shutil.rmtree(self.bases._root, ignore_errors=True)
+            self.bases._root = None
+            self.bases._dirs.clear()

@@ -1,0 +1,539 @@
+"""Merge per-environment reports into one matrix: rows = cells, columns = environments.
+
+    python -m harness merge reports/                       # every reports/*.json that is a per-env report
+    python -m harness merge --expect-from-tox reports/     # plus a column for every tox env without a report
+    python -m harness merge --stub ENV --reason "..."      # record an env that could not be set up
+
+Writes reports/compat.json (harness/schemas/matrix.schema.json), compat.md and compat.html next to it.
+Every input is read with report.read_report: a non-JSON or schema-failing file stops the merge with its path
+and the reason. An environment that could not install has a *stub* report (no cells, complete=false,
+incomplete_reason "setup-failed: ..."); its column shows "env-failed" in every row, never silently dropped.
+
+"Since when": for every cell the outcome (pass / fail / not-applicable) is laid along the peft versions and
+along the transformers versions; when one package's version alone explains the outcome, the change points
+are given as "last version with the old outcome -> first version with the new one".
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from functools import lru_cache
+from importlib import resources
+
+from packaging.version import InvalidVersion, Version
+
+from .report import ReportError, read_json, read_report, validate_report, write_json_atomic
+
+MATRIX_SCHEMA_VERSION = "1.0"
+MATRIX_KIND = "peft-compat-matrix"
+STUB_PREFIX = "setup-failed: "
+ENV_NAME_RE = re.compile(r"^peft(?P<peft>\d+)-tf(?P<tf>\d+)$")
+# statuses that only exist in the matrix: the env could not run at all, or its report lacks the cell
+MATRIX_ONLY_STATUSES = ("env-failed", "missing")
+GOOD = ("pass",)
+BAD = ("fail", "error", "expected-failure", "crashed", "timeout")
+ENV_PACKAGES = ("peft", "transformers", "torch", "python", "safetensors", "accelerate")
+
+
+class MatrixError(ValueError):
+    """A merged matrix file that cannot be used; str() names the file and the reason."""
+
+
+@lru_cache(maxsize=1)
+def matrix_schema() -> dict:
+    return json.loads(resources.files("harness").joinpath("schemas/matrix.schema.json").read_text())
+
+
+def validate_matrix(matrix: dict, source: str = "<matrix>") -> None:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(matrix_schema())
+    error = next(iter(sorted(validator.iter_errors(matrix), key=lambda e: len(list(e.absolute_path)))), None)
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise MatrixError(f"{source}: does not match the matrix schema {MATRIX_SCHEMA_VERSION} at {where}: "
+                          f"{error.message}")
+
+
+def read_matrix(path: str) -> dict:
+    matrix = read_json(path, MatrixError)
+    if not isinstance(matrix, dict) or matrix.get("kind") != MATRIX_KIND:
+        raise MatrixError(f"{path}: not a peft-compat matrix (kind is not {MATRIX_KIND!r})")
+    validate_matrix(matrix, path)
+    return matrix
+
+
+# --- environment names and versions ------------------------------------------------------------------------
+
+def versions_from_env_name(name: str) -> dict:
+    """Fallback for an env without a report: peft021-tf457 -> {peft: 0.21, transformers: 4.57} (approximate)."""
+    match = ENV_NAME_RE.match(name or "")
+    if not match:
+        return {}
+    peft, tf = match["peft"], match["tf"]
+    return {"peft": f"{peft[0]}.{int(peft[1:])}" if len(peft) > 1 else peft,
+            "transformers": f"{tf[0]}.{int(tf[1:])}" if len(tf) > 1 else tf}
+
+
+def _version(text) -> Version | None:
+    if not text:
+        return None
+    try:
+        return Version(Version(str(text)).base_version)
+    except InvalidVersion:
+        return None
+
+
+def _env_sort_key(env: dict):
+    v = env["versions"]
+    big = Version("9999")
+    return (_version(v.get("peft")) or big, _version(v.get("transformers")) or big, env["name"])
+
+
+def env_name_of(report: dict, path: str) -> str:
+    """The report's tox env; a file named <env>-<suffix>.json (e.g. the GPU job's <env>-cuda.json) is its own
+    column."""
+    base = os.path.splitext(os.path.basename(path))[0]
+    name = (report.get("environment") or {}).get("tox_env")
+    if name and base.startswith(name + "-"):
+        return base
+    return name or base
+
+
+# --- stubs: an environment that could not be set up ----------------------------------------------------------
+
+def stub_report(env_name: str, reason: str, versions: dict | None = None) -> dict:
+    """A valid per-env report with no cells that says the environment could not be set up, and why."""
+    versions = dict(versions or versions_from_env_name(env_name))
+    return {
+        "schema_version": "1.0", "kind": "peft-compat-report",
+        "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "complete": False, "incomplete_reason": STUB_PREFIX + (reason or "unknown reason"),
+        "environment": {"python": versions.get("python") or "unknown", "platform": "",
+                        "torch": versions.get("torch"), "transformers": versions.get("transformers"),
+                        "peft": versions.get("peft"), "safetensors": None, "accelerate": None,
+                        "device_name": "n/a", "tox_env": env_name},
+        "summary": {}, "cells": [],
+    }
+
+
+def write_stub(path: str, env_name: str, reason: str, versions: dict | None = None) -> dict:
+    report = stub_report(env_name, reason, versions)
+    validate_report(report, path)
+    write_json_atomic(path, report)
+    return report
+
+
+# --- re-classifying against the current known-issues table ----------------------------------------------------
+
+def _versions_match(versions: dict, env: dict) -> bool:
+    from packaging.specifiers import SpecifierSet
+
+    for package, spec in versions.items():
+        v = _version(env.get(package))
+        if v is None or not SpecifierSet(spec).contains(v, prereleases=True):
+            return False
+    return True
+
+
+def reclassify(report: dict, issues) -> dict:
+    """Re-apply a known-issues table to a report's observed verdicts, in place, with the versions the report
+    recorded (not the running process's): a changed table is checked against a finished matrix without
+    running it again. Same rules as known_issues.classify."""
+    import fnmatch
+
+    env = report["environment"]
+    for cell in report["cells"]:
+        if cell["status"] in ("expected-failure", "fixed"):
+            raw = cell.get("observed_status") or ("pass" if cell["status"] == "fixed" else "fail")
+            if cell["status"] == "fixed":
+                cell["message"] = None
+            cell["status"] = raw
+        cell.pop("observed_status", None)
+        cell.pop("known_issue_mismatch", None)
+        cell["known_issue"] = None
+        if cell["status"] not in ("pass", "fail", "error"):
+            continue
+        candidates = [k for k in issues
+                      if any(fnmatch.fnmatchcase(cell["case_id"], p) for p in k.cases)
+                      and cell["device"] in k.devices and cell["dtype"] in k.dtypes
+                      and _versions_match(k.versions, cell.get("environment") or env)]
+        if not candidates:
+            continue
+        if cell["status"] in ("fail", "error"):
+            match = next((k for k in candidates if k.explains(cell)), None)
+            if match is not None:
+                cell["observed_status"], cell["status"] = cell["status"], "expected-failure"
+                cell["known_issue"] = match.as_record()
+            else:
+                cell["known_issue_mismatch"] = [f"{k.reference} expects a failure at stage {k.stage!r}"
+                                                for k in candidates]
+        else:
+            cell["observed_status"], cell["status"] = "pass", "fixed"
+            cell["known_issue"] = candidates[0].as_record()
+            cell["message"] = (f"KNOWN ISSUE NO LONGER FAILS: {candidates[0].reference} was expected to fail at "
+                               f"stage {candidates[0].stage!r} on {candidates[0].versions or 'all versions'}, but "
+                               "the round trip passed. Update harness/known_issues.toml.")
+    report["summary"] = dict(Counter(c["status"] for c in report["cells"]))
+    return report
+
+
+# --- reading inputs ------------------------------------------------------------------------------------------
+
+def report_paths(inputs, out: str | None = None) -> list[str]:
+    """Expand directories into their *.json files; the output file and any merged matrix are skipped."""
+    paths = []
+    skip = os.path.abspath(out) if out else None
+    for item in inputs:
+        if os.path.isdir(item):
+            for path in sorted(glob.glob(os.path.join(item, "*.json"))):
+                if os.path.abspath(path) == skip or _looks_like_matrix(path):
+                    continue
+                paths.append(path)
+        else:
+            paths.append(item)
+    return paths
+
+
+def _looks_like_matrix(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    return f'"kind": "{MATRIX_KIND}"' in head or f'"kind":"{MATRIX_KIND}"' in head
+
+
+def tox_env_names(toxinidir: str = ".") -> list[str]:
+    """The matrix envs of tox.ini, as `tox -l` lists them (helper envs such as clean/merge left out)."""
+    tox = [sys.executable, "-m", "tox"]
+    out = subprocess.run([*tox, "-l", "--root", toxinidir], capture_output=True, text=True, check=True).stdout
+    return [line.strip() for line in out.splitlines() if ENV_NAME_RE.match(line.strip())]
+
+
+# --- the matrix ----------------------------------------------------------------------------------------------
+
+def short_reason(cell: dict) -> str | None:
+    status = cell["status"]
+    if status == "pass":
+        return None
+    if status == "expected-failure" and cell.get("known_issue"):
+        return f"known: {cell['known_issue']['reference']}"
+    message = (cell.get("message") or "").strip().splitlines()
+    text = message[0] if message else ""
+    exc = (cell.get("exception_type") or "").rsplit(".", 1)[-1]
+    if exc and exc != "CheckFailed":
+        text = f"{exc}: {text}" if text else exc
+    return text[:200] or None
+
+
+def _entry(cell: dict) -> dict:
+    return {"status": cell["status"], "stage": cell.get("stage"), "max_abs_diff": cell.get("max_abs_diff"),
+            "reason": short_reason(cell), "exception_type": cell.get("exception_type"),
+            "message": (cell.get("message") or None) and cell["message"][:1000],
+            "observed_status": cell.get("observed_status"),
+            "known_issue": (cell.get("known_issue") or {}).get("reference")}
+
+
+def build_matrix(reports: list[tuple[str, dict]], expected_envs=(), known_issues=None) -> dict:
+    """reports: [(path, report)] as read by read_report. expected_envs: names that must have a column.
+    known_issues: the parsed known-issues table, to record which envs exercise each entry (optional)."""
+    envs: dict[str, dict] = {}
+    cells_by_env: dict[str, dict] = {}
+    for path, report in reports:
+        name = env_name_of(report, path)
+        if name in envs:
+            raise ReportError(f"{path}: environment {name!r} is already given by {envs[name]['report']}")
+        reason = report.get("incomplete_reason")
+        if reason and reason.startswith(STUB_PREFIX):
+            state = "env-failed"
+        elif not report["complete"]:
+            state = "incomplete"
+        else:
+            state = "ok"
+        environment = report["environment"]
+        versions = {p: environment.get(p) for p in ENV_PACKAGES}
+        fallback = versions_from_env_name(name)
+        for package, value in fallback.items():
+            versions[package] = versions.get(package) or value
+        envs[name] = {"name": name, "report": path, "state": state, "reason": reason,
+                      "generated_at": report["generated_at"], "versions": versions,
+                      "summary": dict(Counter(c["status"] for c in report["cells"]))}
+        cells_by_env[name] = {c["cell_id"]: c for c in report["cells"]}
+    for name in expected_envs:
+        if name not in envs:
+            envs[name] = {"name": name, "report": None, "state": "env-failed",
+                          "reason": "no report: the environment did not install or did not run (see the tox log)",
+                          "generated_at": None, "versions": versions_from_env_name(name), "summary": {}}
+            cells_by_env[name] = {}
+    ordered_envs = sorted(envs.values(), key=_env_sort_key)
+    env_names = [e["name"] for e in ordered_envs]
+
+    meta: dict[str, dict] = {}
+    for name in env_names:
+        for cid, cell in cells_by_env[name].items():
+            meta.setdefault(cid, {k: cell.get(k) for k in (
+                "cell_id", "case_id", "family", "adapter", "method", "apply", "save_mode", "load_mode", "device",
+                "dtype")} | {"references": list(cell.get("references") or []), "tags": list(cell.get("tags") or [])})
+    rows = []
+    for cid in sorted(meta):
+        entries = {}
+        for env in ordered_envs:
+            cell = cells_by_env[env["name"]].get(cid)
+            if cell is not None:
+                entries[env["name"]] = _entry(cell)
+            elif env["state"] == "env-failed":
+                entries[env["name"]] = {"status": "env-failed", "stage": None, "max_abs_diff": None,
+                                        "reason": env["reason"], "exception_type": None, "message": None,
+                                        "observed_status": None, "known_issue": None}
+            else:
+                entries[env["name"]] = {"status": "missing", "stage": None, "max_abs_diff": None,
+                                        "reason": "not in this environment's report", "exception_type": None,
+                                        "message": None, "observed_status": None, "known_issue": None}
+        rows.append({**meta[cid], "entries": entries})
+    usage = known_issue_usage(reports, known_issues, env_names)
+    matrix = {
+        "schema_version": MATRIX_SCHEMA_VERSION, "kind": MATRIX_KIND,
+        "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "environments": ordered_envs,
+        "cells": rows,
+        "since": since_analysis(rows, ordered_envs),
+        "summary": {env["name"]: env["summary"] for env in ordered_envs},
+    }
+    if usage is not None:
+        matrix["known_issues"] = usage
+    return matrix
+
+
+def _issue_key(reference, stage, versions) -> str:
+    return json.dumps([reference, stage, versions or {}], sort_keys=True)
+
+
+def known_issue_usage(reports: list[tuple[str, dict]], issues, env_order=()) -> list[dict] | None:
+    """For every entry of the known-issues table: the envs where it explained a failure (seen_in) and where
+    its cell passed instead (fixed_in). An entry seen nowhere is not exercised by the matrix."""
+    if issues is None:
+        return None
+    seen: dict[str, dict[str, set]] = {}
+    for path, report in reports:
+        name = env_name_of(report, path)
+        for cell in report["cells"]:
+            issue = cell.get("known_issue")
+            if not issue or cell["status"] not in ("expected-failure", "fixed"):
+                continue
+            key = _issue_key(issue["reference"], issue["stage"], issue.get("versions"))
+            bucket = seen.setdefault(key, {"expected-failure": set(), "fixed": set()})
+            bucket[cell["status"]].add(name)
+    rank = {name: i for i, name in enumerate(env_order)}
+    ordered = lambda names: sorted(names, key=lambda n: (rank.get(n, len(rank)), n))  # noqa: E731
+    out = []
+    for issue in issues:
+        bucket = seen.get(_issue_key(issue.reference, issue.stage, issue.versions), {})
+        out.append({"reference": issue.reference, "stage": issue.stage, "versions": dict(issue.versions),
+                    "cases": list(issue.cases), "seen_in": ordered(bucket.get("expected-failure", ())),
+                    "fixed_in": ordered(bucket.get("fixed", ()))})
+    return out
+
+
+# --- since when ----------------------------------------------------------------------------------------------
+
+def outcome(entry: dict) -> str | None:
+    """pass / fail@<stage> / n/a, or None where nothing was observed (skipped, env failed, missing).
+    A failure keeps its stage, so a failure that moves (adapt -> load) is a change too; whether it is an
+    expected failure or not is the known-issues table's business, not the library's behaviour."""
+    status = entry["status"]
+    if status in GOOD or status == "fixed":
+        return "pass"
+    if status in BAD:
+        return f"fail@{entry.get('stage')}" if entry.get("stage") else "fail"
+    if status == "not-applicable":
+        return "n/a"
+    return None
+
+
+def _verb(result: str) -> str:
+    if result.startswith("fail@"):
+        return f"fails at {result[5:]}"
+    return {"pass": "passes", "fail": "fails", "n/a": "is not applicable"}[result]
+
+
+def _explain_by(package: str, observations: list[tuple[dict, str]]):
+    """If the outcome is a function of `package`'s version, the runs of equal outcome along its versions."""
+    by_version: dict[Version, set] = defaultdict(set)
+    text_of: dict[Version, str] = {}
+    for versions, result in observations:
+        v = _version(versions.get(package))
+        if v is None:
+            return None
+        by_version[v].add(result)
+        text_of[v] = str(versions.get(package))
+    if any(len(results) > 1 for results in by_version.values()):
+        return None
+    runs = []  # [outcome, first version text, last version text]
+    for v in sorted(by_version):
+        result = next(iter(by_version[v]))
+        if runs and runs[-1][0] == result:
+            runs[-1][2] = text_of[v]
+        else:
+            runs.append([result, text_of[v], text_of[v]])
+    return runs
+
+
+def _describe(package: str, runs) -> str:
+    parts = []
+    for i, (result, first, last) in enumerate(runs):
+        if i == 0:
+            parts.append(f"{_verb(result)} for {package} <= {last}")
+        elif i == len(runs) - 1:
+            parts.append(f"{_verb(result)} from {package} {first}")
+        else:
+            parts.append(f"{_verb(result)} for {package} {first} .. {last}")
+    return ", ".join(parts)
+
+
+def since_for_cell(row: dict, envs: list[dict]) -> dict:
+    observations = []
+    for env in envs:
+        result = outcome(row["entries"][env["name"]])
+        if result is not None:
+            observations.append((env["versions"], result, env["name"]))
+    results = {o[1] for o in observations}
+    base = {"cell_id": row["cell_id"], "case_id": row["case_id"], "observed_envs": len(observations)}
+    if not observations:
+        return {**base, "explained_by": None, "changes": [], "text": "not observed in any environment"}
+    if len(results) == 1:
+        only = next(iter(results))
+        return {**base, "explained_by": None, "changes": [],
+                "text": f"{_verb(only)} in every observed environment ({len(observations)})"}
+    candidates = {}
+    for package in ("peft", "transformers"):
+        runs = _explain_by(package, [(o[0], o[1]) for o in observations])
+        if runs is not None:
+            candidates[package] = runs
+    if not candidates:
+        order = [f"{name}: {result}" for _, result, name in observations]
+        return {**base, "explained_by": "both", "changes": [],
+                "text": "depends on the peft x transformers combination: " + ", ".join(order)}
+    # prefer the explanation with fewer changes; both explaining means the matrix cannot separate them
+    ranked = sorted(candidates.items(), key=lambda kv: (len(kv[1]), kv[0] != "peft"))
+    package, runs = ranked[0]
+    changes = [{"package": package, "from": runs[i][0], "to": runs[i + 1][0], "last_before": runs[i][2],
+                "first_after": runs[i + 1][1]} for i in range(len(runs) - 1)]
+    text = _describe(package, runs)
+    explained = package
+    if len(candidates) == 2 and len(candidates["peft"]) == len(candidates["transformers"]):
+        explained = "ambiguous"
+        text += f" (or: {_describe('transformers', candidates['transformers'])}; no env pair separates them)"
+    return {**base, "explained_by": explained, "changes": changes, "text": text}
+
+
+def since_analysis(rows: list[dict], envs: list[dict]) -> list[dict]:
+    return [since_for_cell(row, envs) for row in rows]
+
+
+# --- writing -------------------------------------------------------------------------------------------------
+
+def merge_files(inputs, out: str, expected_envs=(), render: bool = True, known_issues_path=None,
+                reclassify_cells: bool = False) -> dict:
+    from .known_issues import load_known_issues
+
+    paths = report_paths(inputs, out)
+    reports = [(path, read_report(path)) for path in paths]
+    issues = load_known_issues(known_issues_path)
+    if reclassify_cells:
+        for _, report in reports:
+            reclassify(report, issues)
+    matrix = build_matrix(reports, expected_envs, issues)
+    validate_matrix(matrix, out)
+    write_json_atomic(out, matrix)
+    if render:
+        from .render import write_html, write_markdown
+
+        base = os.path.splitext(out)[0]
+        write_markdown(matrix, base + ".md")
+        write_html(matrix, base + ".html")
+    return matrix
+
+
+def bad_entries(matrix: dict) -> list[tuple[str, str, str]]:
+    from .report import BAD_STATUSES
+
+    return [(row["cell_id"], env, entry["status"]) for row in matrix["cells"]
+            for env, entry in row["entries"].items() if entry["status"] in BAD_STATUSES]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="*", default=["reports"],
+                        help="per-env report files or folders of them (default: reports)")
+    parser.add_argument("--out", default="reports/compat.json", help="matrix path; .md and .html are written "
+                        "next to it (default: reports/compat.json)")
+    parser.add_argument("--expect", action="append", default=[], metavar="ENV",
+                        help="an environment that must have a column (no report: shown as env-failed)")
+    parser.add_argument("--expect-from-tox", action="store_true",
+                        help="expect every matrix env that `tox -l` lists")
+    parser.add_argument("--no-render", action="store_true", help="write compat.json only")
+    parser.add_argument("--known-issues", default=None, metavar="PATH",
+                        help="known-issues table whose entries the matrix must exercise (default: shipped)")
+    parser.add_argument("--reclassify", action="store_true",
+                        help="re-apply the (current) known-issues table to the reports' observed verdicts, with "
+                        "the versions each report recorded, instead of the table the runs used")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 1 when any entry is fail/error/fixed/crashed/timeout or an env failed")
+    parser.add_argument("--stub", metavar="ENV", help="instead of merging: write a stub report for ENV that "
+                        "could not be set up (to --out, default reports/ENV.json) and exit")
+    parser.add_argument("--reason", default="", help="why the stub's environment could not be set up")
+
+
+def run(args) -> int:
+    if args.stub:
+        out = args.out if args.out != "reports/compat.json" else os.path.join("reports", f"{args.stub}.json")
+        write_stub(out, args.stub, args.reason)
+        print(f"stub report for {args.stub} -> {out}")
+        return 0
+    expected = list(args.expect)
+    if args.expect_from_tox:
+        expected += tox_env_names(".")
+    matrix = merge_files(args.inputs, args.out, expected, render=not args.no_render,
+                         known_issues_path=args.known_issues, reclassify_cells=args.reclassify)
+    failed_envs = [e["name"] for e in matrix["environments"] if e["state"] == "env-failed"]
+    bad = bad_entries(matrix)
+    print(f"{len(matrix['cells'])} cells x {len(matrix['environments'])} environments -> {args.out}"
+          + ("" if args.no_render else " (+ .md, .html)"))
+    if failed_envs:
+        print(f"environments that did not run: {', '.join(failed_envs)}")
+    if bad:
+        print(f"{len(bad)} red entries (fail/error/fixed/crashed/timeout)")
+    unexercised = [k for k in matrix.get("known_issues", []) if not k["seen_in"]]
+    for k in unexercised:
+        print(f"known issue not exercised by any environment: {k['reference']} (stage {k['stage']}, "
+              f"versions {k['versions'] or 'all'}, cases {', '.join(k['cases'])})")
+    return 1 if args.strict and (bad or failed_envs) else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness merge", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return main_args(parser.parse_args(argv))
+
+
+def main_args(args) -> int:
+    try:
+        return run(args)
+    except (ReportError, MatrixError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as exc:
+        print(f"error: `tox -l` failed: {exc.stderr}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Interrupted runs (SIGTERM from a CI timeout, Ctrl-C) leave a valid, incomplete report; --resume completes it
+without duplicating a cell. The run is stopped from outside, for real, while a cell hangs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness.cli import main
+from harness.report import ReportError, read_report
+
+# Runs `python -m harness run` with one cell made to hang (a real sleep in the cell's process).
+DRIVER = '''
+import sys, time
+import harness.isolation as iso
+
+_original = iso.run_cell
+
+
+def _run_cell(case, device, dtype, **kwargs):
+    if case.id.endswith("-slow"):
+        kwargs["after_save"] = lambda path: time.sleep(600)
+    return _original(case, device, dtype, **kwargs)
+
+
+iso.run_cell = _run_cell
+from harness.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+PYTEST_CONFTEST = DRIVER.split("from harness.cli")[0]
+
+IDS = ["bert_classifier-lora-a[cpu-fp32]", "bert_classifier-lora-b-slow[cpu-fp32]", "bert_classifier-lora-c[cpu-fp32]"]
+
+
+@pytest.fixture
+def three_cells(write_case, case_dir):
+    write_case(name="a", id="bert_classifier-lora-a", devices=["cpu"])
+    write_case(name="b", id="bert_classifier-lora-b-slow", devices=["cpu"])
+    write_case(name="c", id="bert_classifier-lora-c", devices=["cpu"])
+    return case_dir
+
+
+def wait_for_cells(path, n: int, proc, limit: float = 240.0) -> dict:
+    """Poll the report that the run keeps rewriting until it holds n cells."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if os.path.exists(path):
+            report = read_report(str(path))  # never a truncated file: every read is a valid report
+            if len(report["cells"]) >= n:
+                return report
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"the report never held {n} cells")
+
+
+@pytest.mark.parametrize("sig, code, reason", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "SIGINT")])
+def test_an_interrupted_run_leaves_a_valid_incomplete_report_and_resume_completes_it(
+        three_cells, tmp_path, sig, code, reason):
+    out = tmp_path / "report.json"
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    proc = subprocess.Popen([sys.executable, str(driver), "run", "--cases", str(three_cells), "--out", str(out), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running = wait_for_cells(out, 1, proc)
+    assert running["complete"] is False  # a checkpoint written while the run goes on
+    time.sleep(1.0)  # the second cell is now hanging in its process
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code, stderr
+    assert "Traceback" not in stderr
+    report = read_report(str(out))
+    assert report["complete"] is False
+    assert reason in report["incomplete_reason"]
+    assert [c["cell_id"] for c in report["cells"]] == IDS[:1]
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]  # no half-written temporary report
+
+    # --resume keeps the recorded cell, runs the two others (no hang this time), and duplicates nothing
+    first = report["cells"][0]
+    assert main(["run", "--cases", str(three_cells), "--out", str(out), "-q", "--resume"]) == 0
+    resumed = read_report(str(out))
+    assert [c["cell_id"] for c in resumed["cells"]] == IDS
+    assert resumed["complete"] is True and resumed["incomplete_reason"] is None
+    assert resumed["cells"][0]["seconds"] == first["seconds"]  # kept, not re-run
+
+    # without --resume the report is replaced, again with every cell exactly once
+    assert main(["run", "--cases", str(three_cells), "--out", str(out), "-q"]) == 0
+    assert [c["cell_id"] for c in read_report(str(out))["cells"]] == IDS
+
+
+def test_resume_refuses_a_report_of_other_versions(three_cells, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    assert main(["run", "--cases", str(three_cells), "--out", str(out), "-q", "-k", "lora-a"]) == 0
+    data = json.loads(out.read_text())
+    data["environment"]["peft"] = "0.0.1"
+    out.write_text(json.dumps(data))
+    assert main(["run", "--cases", str(three_cells), "--out", str(out), "-q", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "peft 0.0.1" in err and str(out) in err
+
+
+def test_a_pytest_run_stopped_by_sigterm_writes_an_incomplete_report(three_cells, tmp_path):
+    (three_cells / "conftest.py").write_text(PYTEST_CONFTEST)
+    (three_cells / "pytest.ini").write_text("[pytest]\n")
+    out = tmp_path / "report.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "harness.plugin", "--cases", str(three_cells), str(three_cells),
+         "-p", "no:cacheprovider", "--rootdir", str(three_cells), "-q", "--compat-report", str(out)],
+        cwd=three_cells, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_cells(out, 1, proc)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stdout  # pytest's "interrupted"
+    report = read_report(str(out))
+    assert report["complete"] is False
+    assert [c["cell_id"] for c in report["cells"]] == IDS[:1]
+
+
+def test_a_report_is_written_atomically(tmp_path):
+    """A write that fails half-way leaves the old report: the new one goes to a temporary file, then a rename."""
+    from harness.report import write_json_atomic, write_report
+
+    out = tmp_path / "r.json"
+    write_report(str(out), [], complete=True)
+    before = out.read_text()
+    with pytest.raises(TypeError):
+        write_json_atomic(str(out), {"cells": [object()]})  # json.dump fails in the middle of the document
+    assert out.read_text() == before
+    assert os.listdir(tmp_path) == ["r.json"]
+    out.write_text(before[: len(before) // 2])  # what a non-atomic writer would leave
+    with pytest.raises(ReportError, match="not JSON"):
+        read_report(str(out))

@@ -1,0 +1,196 @@
+"""Crash isolation and time limits: real crashes (os._exit, a segfault through ctypes, SIGKILL as the OOM killer
+sends it) and a real hang, in the child that runs the cell; the parent records them and goes on."""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+import harness.isolation as iso
+from harness import load_case_file
+from harness.isolation import CellRunner, run_cell_isolated
+from harness.report import read_report
+
+
+def _segfault(*_):
+    ctypes.string_at(0)  # reads address 0: SIGSEGV
+
+
+def _exit(*_):
+    os._exit(7)
+
+
+def _oom_kill(*_):
+    os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
+
+
+def _hang(*_):
+    time.sleep(600)
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """Every temporary folder the harness makes goes here, so a test can check that none is left."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    return tmp
+
+
+def leftovers(tmp) -> list[str]:
+    """What the harness left in `tmp` (torch's compile cache and pytest's basetemp, one per user, are not ours)."""
+    return sorted(p for p in os.listdir(tmp) if not p.startswith(("torchinductor_", "pytest-of-")))
+
+
+@pytest.mark.parametrize("hook, fault, stage, exception", [
+    ("after_save", _exit, "save", "exit code 7"),
+    ("after_load", _segfault, "load", "SIGSEGV"),
+    ("after_save", _oom_kill, "save", "SIGKILL"),
+])
+def test_a_cell_that_kills_its_process_is_crashed_with_its_stage(write_case, private_tmp, hook, fault, stage,
+                                                                 exception):
+    record = run_cell_isolated(load_case_file(write_case(devices=["cpu"])), "cpu", "fp32", known_issues=[],
+                               **{hook: fault})
+    assert record["status"] == "crashed"
+    assert record["stage"] == stage
+    assert record["exception_type"] == exception
+    assert f"stage '{stage}'" in record["message"]
+    assert set(record["seconds"]) >= {"build", "adapt", stage}
+    if exception == "SIGSEGV":  # faulthandler's stack of the child, in the record rather than on the terminal
+        assert "_segfault" in record["traceback"]
+    assert leftovers(private_tmp) == []  # the cell folder and its base checkpoint are gone
+
+
+def test_a_hanging_cell_times_out_with_the_case_limit(write_case, private_tmp):
+    case = load_case_file(write_case(devices=["cpu"], timeout_s=3))
+    start = time.monotonic()
+    record = run_cell_isolated(case, "cpu", "fp32", known_issues=[], timeout_s=500, after_save=_hang)
+    elapsed = time.monotonic() - start
+    assert record["status"] == "timeout"
+    assert record["stage"] == "save"
+    assert "time limit of 3 s" in record["message"]
+    assert "_hang" in record["traceback"]  # the child's Python stack when it was stopped: where it hung
+    assert 3 <= elapsed < 60  # the case's timeout_s wins over the runner default; the child was killed
+
+
+def test_the_default_limit_applies_without_timeout_s(write_case):
+    case = load_case_file(write_case(devices=["cpu"]))
+    assert iso.cell_timeout(case) == iso.DEFAULT_TIMEOUT_S
+    assert iso.cell_timeout(case, 7) == 7.0
+    assert iso.cell_timeout(load_case_file(write_case(timeout_s=2.5))) == 2.5
+
+
+def test_an_isolated_cell_gives_the_same_record_as_in_process(write_case):
+    from harness import run_cell
+
+    case = load_case_file(write_case(devices=["cpu"]))
+    plain = run_cell(case, "cpu", "fp32", known_issues=[])
+    isolated = run_cell_isolated(case, "cpu", "fp32", known_issues=[])
+    assert isolated["status"] == plain["status"] == "pass"
+    assert isolated["max_abs_diff"] <= isolated["tolerance"]
+    assert "artifact_dir" not in isolated
+
+
+def test_the_worker_is_replaced_after_a_crash_and_a_timeout_and_every_cell_is_recorded(
+        write_case, private_tmp, monkeypatch):
+    ok = load_case_file(write_case(id="bert_classifier-lora-ok", devices=["cpu"]))
+    crashy = load_case_file(write_case(id="bert_classifier-lora-crashy", devices=["cpu"]))
+    slow = load_case_file(write_case(id="bert_classifier-lora-slow", devices=["cpu"], timeout_s=3))
+    original = iso.run_cell
+
+    def faulty(case, device, dtype, **kwargs):  # runs in the worker: real faults, real libraries
+        if case.id.endswith("crashy"):
+            kwargs["after_load"] = _segfault
+        if case.id.endswith("slow"):
+            kwargs["after_save"] = _hang
+        return original(case, device, dtype, **kwargs)
+
+    monkeypatch.setattr(iso, "run_cell", faulty)
+    runner = CellRunner(known_issues=[])
+    try:
+        statuses, pids = [], []
+        for case in (ok, crashy, ok, slow, ok):
+            record = runner.run(case, "cpu", "fp32")
+            statuses.append((record["status"], record["stage"]))
+            pids.append(runner._worker.pid if runner._worker else None)
+    finally:
+        runner.close()
+    assert statuses == [("pass", None), ("crashed", "load"), ("pass", None), ("timeout", "save"), ("pass", None)]
+    assert pids[1] is None and pids[3] is None  # the dead worker was dropped ...
+    assert len({pids[0], pids[2], pids[4]}) == 3  # ... and a new one forked for the next cell
+    assert leftovers(private_tmp) == []  # cell folders and base checkpoints are gone
+
+
+# --- through pytest, with and without pytest-xdist ------------------------------------------------------
+
+CRASHY_CONFTEST = '''
+import os
+import harness.isolation as iso
+
+_original = iso.run_cell
+
+
+def _run_cell(case, device, dtype, **kwargs):
+    if case.id.endswith("-crashy"):
+        kwargs["after_save"] = lambda path: os._exit(9)   # a real process death in the middle of the cell
+    return _original(case, device, dtype, **kwargs)
+
+
+iso.run_cell = _run_cell
+'''
+
+
+@pytest.fixture
+def crashy_matrix(write_case, case_dir, tmp_path):
+    for name in ("a_ok", "b_crashy", "c_ok"):
+        write_case(name=name, id=f"bert_classifier-lora-{name.split('_')[1]}" if name != "c_ok"
+                   else "bert_classifier-lora-ok2", devices=["cpu"])
+    (case_dir / "conftest.py").write_text(CRASHY_CONFTEST)
+    (case_dir / "pytest.ini").write_text("[pytest]\n")
+    return case_dir
+
+
+def run_pytest(case_dir, report, *args, env=None):
+    cmd = [sys.executable, "-m", "pytest", "-p", "harness.plugin", "--cases", str(case_dir), str(case_dir),
+           "-p", "no:cacheprovider", "--rootdir", str(case_dir), "-q", "--compat-report", str(report), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=case_dir, env=env, timeout=600)
+
+
+@pytest.mark.parametrize("args", [[], ["-n", "2"], ["-n", "2", "--isolation", "off"]],
+                         ids=["isolated", "isolated-xdist", "xdist-worker-dies"])
+def test_pytest_records_the_crashed_cell_and_every_other_cell(crashy_matrix, tmp_path, args):
+    report_path = tmp_path / "report.json"
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    result = run_pytest(crashy_matrix, report_path, *args, env=dict(os.environ, TMPDIR=str(tmpdir)))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert leftovers(tmpdir) == []  # no cell folder, base checkpoint or stage folder is left behind
+    report = read_report(str(report_path))
+    cells = {c["cell_id"]: c for c in report["cells"]}
+    assert sorted(cells) == ["bert_classifier-lora-crashy[cpu-fp32]", "bert_classifier-lora-ok2[cpu-fp32]",
+                             "bert_classifier-lora-ok[cpu-fp32]"]
+    crashed = cells["bert_classifier-lora-crashy[cpu-fp32]"]
+    assert crashed["status"] == "crashed"
+    assert crashed["stage"] == "save"
+    assert cells["bert_classifier-lora-ok[cpu-fp32]"]["status"] == "pass"
+    assert cells["bert_classifier-lora-ok2[cpu-fp32]"]["status"] == "pass"
+    assert report["complete"] is True
+    if "off" in args:
+        assert crashed["exception_type"] == "WorkerCrashed"  # xdist's crash report, turned into a record
+    else:
+        assert crashed["exception_type"] == "exit code 9"
+    assert json.dumps(report)  # plain JSON
+
+
+def test_cell_timeout_without_isolation_is_a_usage_error(crashy_matrix, tmp_path):
+    result = run_pytest(crashy_matrix, tmp_path / "r.json", "--isolation", "off", "--cell-timeout", "5")
+    assert result.returncode == 4
+    assert "--cell-timeout needs isolation" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,160 @@
+"""compat.html in a real headless Chromium: the page's own script filters and sorts the table.
+
+The view state is in the URL fragment (#family=...&status=...&sort=...&dir=...), which is what a click on a
+filter or a column header writes; Chromium loads the page with such a fragment and `--dump-dom` returns the
+DOM after the script ran. Rows the filter hides carry the `hidden` attribute; sorting reorders the rows.
+Install the browser with `apt-get install -y chromium` (Debian); without it these tests skip and say so.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from matrix_fixtures import CASES, report, write
+
+from harness import merge as hmerge
+from harness.render import html_page, markdown
+
+BERT, VIT, IA3 = (c[0] for c in CASES)
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "chrome")
+                 if shutil.which(n)), None)
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH: the HTML page is tested in a "
+                                    "real headless browser (apt-get install -y chromium)")
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    d = tmp_path_factory.mktemp("reports")
+    write(d / "peft012-tf445.json", report("peft012-tf445", "0.12.0", "4.45.2",
+                                            {BERT: "pass", VIT: "error", IA3: "not-applicable"}))
+    write(d / "peft014-tf447.json", report("peft014-tf447", "0.14.0", "4.47.1",
+                                            {BERT: "fail", VIT: "pass", IA3: "pass"}))
+    write(d / "peft021-tf523.json", report("peft021-tf523", "0.21.2", "5.23.0",
+                                            {BERT: "pass", VIT: "expected-failure", IA3: "pass"}))
+    hmerge.write_stub(str(d / "peft07-tf436.json"), "peft07-tf436", "no wheel for tokenizers")
+    out = d / "compat.json"
+    matrix = hmerge.merge_files([str(d)], str(out))
+    return matrix, d / "compat.html"
+
+
+class Rows(HTMLParser):
+    """Rows of table#matrix: (cell id, hidden?) in document order, plus the row counter and the ready flag."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self.count, self.ready, self.sorted_col = [], None, None, None
+        self._in_matrix = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "table":
+            self._in_matrix = a.get("id") == "matrix"
+        if tag == "tr" and self._in_matrix and "data-cell" in a:
+            self.rows.append((a["data-cell"], "hidden" in a))
+        if tag == "th" and self._in_matrix and a.get("aria-sort") in ("ascending", "descending"):
+            self.sorted_col = (a.get("data-col"), a["aria-sort"])
+        if a.get("id") == "count":
+            self.count = a.get("data-shown")
+        if tag == "body":
+            self.ready = a.get("data-ready")
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._in_matrix = False
+
+
+def dump_dom(html_file: Path, fragment: str = "") -> Rows:
+    profile = tempfile.mkdtemp(prefix="peft-compat-chromium-")
+    try:
+        proc = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--virtual-time-budget=3000", "--dump-dom",
+             html_file.as_uri() + (f"#{fragment}" if fragment else "")],
+            capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    parser = Rows()
+    parser.feed(proc.stdout)
+    assert parser.ready == "yes", "the page's script did not run:\n" + proc.stderr[-2000:]
+    return parser
+
+
+def visible(rows: Rows):
+    return [cell for cell, hidden in rows.rows if not hidden]
+
+
+def test_page_is_self_contained_and_lists_every_failing_detail(page):
+    matrix, html_file = page
+    text = html_file.read_text()
+    assert not re.search(r"""<(script|link|img)[^>]+(src|href)=["']?(https?:)?//""", text)
+    assert "<script src" not in text and "@import" not in text
+    # a failing entry shows stage, exception and versions in the page itself
+    assert "<b>stage</b>: load" in text and "<b>exception</b>: builtins.KeyError" in text
+    assert "<b>versions</b>: peft 0.12.0, transformers 4.45.2, torch 2.13.0+cpu" in text
+    assert "no wheel for tokenizers" in text  # the env that could not install is in the page
+    assert html_page(matrix) == text
+    assert "| `peft07-tf436` |" in markdown(matrix)
+
+
+@needs_chromium
+def test_browser_runs_the_script_and_shows_every_row(page):
+    _, html_file = page
+    rows = dump_dom(html_file)
+    assert visible(rows) == sorted(f"{c}[cpu-fp32]" for c, _, _ in CASES)
+    assert rows.count == "3"
+
+
+@needs_chromium
+@pytest.mark.parametrize("fragment, expected", [
+    ("family=vit_224", [f"{VIT}[cpu-fp32]"]),
+    ("adapter=IA3Config", [f"{IA3}[cpu-fp32]"]),
+    ("status=fail", [f"{BERT}[cpu-fp32]"]),
+    ("status=error", [f"{VIT}[cpu-fp32]"]),
+    ("status=not-applicable", [f"{IA3}[cpu-fp32]"]),
+    ("status=env-failed", sorted(f"{c}[cpu-fp32]" for c, _, _ in CASES)),
+    ("family=bert_classifier&status=pass", [f"{BERT}[cpu-fp32]"]),
+    ("family=vit_224&status=not-applicable", []),
+    ("q=posemb", [f"{VIT}[cpu-fp32]"]),
+])
+def test_browser_filters(page, fragment, expected):
+    _, html_file = page
+    rows = dump_dom(html_file, fragment)
+    assert visible(rows) == expected
+    assert rows.count == str(len(expected))
+    assert len(rows.rows) == 3  # filtered rows are hidden, not removed
+
+
+@needs_chromium
+def test_browser_sorts_by_column_and_by_an_environment_status(page):
+    _, html_file = page
+    rows = dump_dom(html_file, "sort=cell&dir=desc")
+    assert [c for c, _ in rows.rows] == sorted((f"{c}[cpu-fp32]" for c, _, _ in CASES), reverse=True)
+    assert rows.sorted_col == ("cell", "descending")
+    # sorting an environment column orders by status severity: fail first in peft014-tf447, then pass
+    rows = dump_dom(html_file, "sort=env:peft014-tf447")
+    assert [c for c, _ in rows.rows][0] == f"{BERT}[cpu-fp32]"
+    assert rows.sorted_col == ("env:peft014-tf447", "ascending")
+    # family sort, descending: wav2vec2 > vit > bert
+    rows = dump_dom(html_file, "sort=family&dir=desc&status=pass")
+    assert [c for c, _ in rows.rows] == [f"{IA3}[cpu-fp32]", f"{VIT}[cpu-fp32]", f"{BERT}[cpu-fp32]"]
+    assert visible(rows) == [f"{IA3}[cpu-fp32]", f"{VIT}[cpu-fp32]", f"{BERT}[cpu-fp32]"]
+
+
+@needs_chromium
+def test_browser_on_the_real_matrix_if_present():
+    """The page the last `tox` run wrote (reports/compat.html), when there is one."""
+    real = Path(__file__).resolve().parent.parent / "reports" / "compat.html"
+    if not real.exists() or "peft-compat matrix" not in real.read_text(errors="replace")[:2000]:
+        pytest.skip("no reports/compat.html from a merge here")
+    everything = dump_dom(real)
+    assert everything.rows and int(everything.count) == len(everything.rows)
+    rows = dump_dom(real, "status=pass")
+    assert int(rows.count) == len(visible(rows)) <= len(everything.rows)

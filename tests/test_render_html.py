@@ -149,12 +149,19 @@ def test_browser_sorts_by_column_and_by_an_environment_status(page):
 
 
 @needs_chromium
-def test_browser_on_the_real_matrix_if_present():
-    """The page the last `tox` run wrote (reports/compat.html), when there is one."""
-    real = Path(__file__).resolve().parent.parent / "reports" / "compat.html"
-    if not real.exists() or "peft-compat matrix" not in real.read_text(errors="replace")[:2000]:
-        pytest.skip("no reports/compat.html from a merge here")
-    everything = dump_dom(real)
-    assert everything.rows and int(everything.count) == len(everything.rows)
-    rows = dump_dom(real, "status=pass")
-    assert int(rows.count) == len(visible(rows)) <= len(everything.rows)
+def test_browser_on_a_page_from_real_cells(tmp_path):
+    """A page merged from a real run (real cells, real versions), not from fixtures."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    report = tmp_path / "local.json"
+    run = subprocess.run([sys.executable, "-m", "harness", "run", "-q", "--cases", str(root / "cases"),
+                          "--device", "cpu", "--fast", "-k", "bert_classifier-lora-peft*", "-k", "*-lora-bias_all-add_adapter*",
+                          "--out", str(report), "--table"], capture_output=True, text=True, cwd=root)
+    assert run.returncode == 0, run.stderr
+    page = tmp_path / "compat.html"
+    everything = dump_dom(page)
+    assert int(everything.count) == len(everything.rows) == 5  # pickle + safetensors (fp32, bf16), bias_all
+    rows = dump_dom(page, "status=expected-failure")
+    assert visible(rows) == ["bert_classifier-lora-bias_all-add_adapter[cpu-fp32]"]

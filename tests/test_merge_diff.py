@@ -9,6 +9,8 @@ import subprocess
 import sys
 
 import pytest
+
+from tests.conftest import skip_unless_installed
 from matrix_fixtures import CASES, report, write
 
 from harness import diff as hdiff
@@ -236,7 +238,7 @@ def _tox_ini():
 def _tox_list():
     if shutil.which("tox") is None and subprocess.run([sys.executable, "-m", "tox", "--version"],
                                                       capture_output=True).returncode != 0:
-        pytest.skip("tox is not installed in this environment (pip install tox tox-uv)")
+        skip_unless_installed("tox", "tox is not installed in this environment (pip install tox tox-uv)")
     out = subprocess.run([sys.executable, "-m", "tox", "-l", "--root", ROOT], capture_output=True, text=True,
                          check=True, cwd=ROOT).stdout
     return [line.strip() for line in out.splitlines() if line.strip()]

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import skip_unless_installed
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = ROOT / ".github" / "workflows"
 FILES = [WORKFLOWS / "nightly.yml", WORKFLOWS / "ci.yml"]
@@ -37,7 +39,7 @@ def _yaml(path):
 def test_workflows_validate_against_the_github_workflow_schema():
     tool = _tool("check-jsonschema")
     if tool is None:
-        pytest.skip("check-jsonschema is not installed (pip install check-jsonschema)")
+        skip_unless_installed("check-jsonschema", "check-jsonschema is not installed (pip install check-jsonschema)")
     proc = subprocess.run([tool, "--builtin-schema", "vendor.github-workflows", *map(str, FILES)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -54,7 +56,7 @@ def test_actionlint_when_available():
 def test_zizmor_finds_no_unsafe_pattern():
     tool = _tool("zizmor")
     if tool is None:
-        pytest.skip("zizmor is not installed (pip install zizmor)")
+        skip_unless_installed("zizmor", "zizmor is not installed (pip install zizmor)")
     proc = subprocess.run([tool, "--offline", "--no-progress", str(WORKFLOWS)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -92,7 +94,7 @@ def test_ci_runs_tests_and_the_oldest_and_newest_env():
 def test_the_env_list_step_produces_the_matrix_json(tmp_path):
     """Run the nightly's `tox -l` step here, as the runner would, and read what it hands to the matrix."""
     if subprocess.run([sys.executable, "-m", "tox", "--version"], capture_output=True).returncode != 0:
-        pytest.skip("tox is not installed in this environment")
+        skip_unless_installed("tox", "tox is not installed in this environment")
     step = next(s for s in _yaml(WORKFLOWS / "nightly.yml")["jobs"]["envs"]["steps"] if s.get("id") == "list")
     out = tmp_path / "github_output"
     shim = tmp_path / "bin"

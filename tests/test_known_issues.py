@@ -98,3 +98,9 @@ def test_unreadable_or_malformed_table_is_a_clear_error(tmp_path):
     bad.write_text("[[issue]\ncases = 1")
     with pytest.raises(KnownIssuesError, match=r"bad\.toml: not valid TOML"):
         load_known_issues(bad)
+
+
+def test_an_intermittent_issue_that_does_not_show_is_a_pass_not_a_fix():
+    out = classify(record(status="pass", stage=None), issues(intermittent=True))
+    assert out["status"] == "pass" and out["known_issue"]["intermittent"] is True
+    assert classify(record(), issues(intermittent=True))["status"] == "expected-failure"

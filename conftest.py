@@ -1,6 +1,6 @@
 # The case runner is a pytest plugin inside the harness package; this file only switches it on for this
-# checkout. Another project can use it with `pytest -p harness.plugin --cases DIR`.
-pytest_plugins = ("harness.plugin",)
+# checkout. Another project can use it with `pytest -p harness.running.plugin --cases DIR`.
+pytest_plugins = ("harness.running.plugin",)
 
 # Hypothesis profiles for the generated-config tests: "ci" (default; small, derandomized, so every CI run draws
 # the same examples) and "nightly" (large). Select with `pytest --hypothesis-profile=nightly`.

@@ -21,10 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import harness  # noqa: E402,F401  (forces the hub offline)
-from harness.case import load_cases  # noqa: E402
-from harness.cli import select_cells  # noqa: E402
-from harness.isolation import CellRunner  # noqa: E402
-from harness.known_issues import load_known_issues  # noqa: E402
+from harness.roundtrip.check import load_cases  # noqa: E402
+from harness.running.cells import select_cells  # noqa: E402
+from harness.running.isolation import CellRunner  # noqa: E402
+from harness.specs.known_issues import load_known_issues  # noqa: E402
 
 
 def one_pass(cells, known, mode: str) -> tuple[float, list]:

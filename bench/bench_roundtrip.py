@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import harness  # noqa: E402  (forces the hub offline)
-from harness.case import Case  # noqa: E402
-from harness.families import BaseCheckpoints  # noqa: E402
-from harness.roundtrip import run_cell  # noqa: E402
+from harness.specs.case import Case  # noqa: E402
+from harness.roundtrip.families import BaseCheckpoints  # noqa: E402
+from harness.running.cells import run_cell  # noqa: E402
 
 CASE = {"id": "bench-bert-lora", "family": "bert_classifier",
         "adapter": {"type": "LoraConfig", "kwargs": {"r": 4, "lora_alpha": 8, "target_modules": ["query", "value"],
@@ -78,7 +78,7 @@ def main() -> None:
 
     case = Case.from_dict(CASE)
     bases = BaseCheckpoints()
-    base_dir = bases.get(harness.families.FAMILIES["bert_classifier"], {})
+    base_dir = bases.get(harness.roundtrip.families.FAMILIES["bert_classifier"], {})
     work = tempfile.mkdtemp(prefix="bench-bare-")
 
     def bare():

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from harness.running.cli import main
 
 sys.exit(main())

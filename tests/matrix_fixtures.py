@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from harness.report import SCHEMA_VERSION, validate_report
+from harness.reporting.report import SCHEMA_VERSION, validate_report
 
 CASES = [
     ("bert_classifier-lora-peft_safetensors", "bert_classifier", "LoraConfig"),

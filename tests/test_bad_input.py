@@ -9,10 +9,11 @@ import sys
 
 import pytest
 
+from harness.roundtrip.environment import environment
 from harness import load_case_file
-from harness.cli import main
-from harness.isolation import run_cell_isolated
-from harness.report import ReportError, read_report, write_report
+from harness.running.cli import main
+from harness.running.isolation import run_cell_isolated
+from harness.reporting.report import ReportError, read_report, write_report
 
 
 def cli(capsys, *argv):
@@ -47,7 +48,7 @@ def test_a_case_file_that_is_not_toml(case_dir, capsys):
 
 def test_pytest_collection_of_a_bad_case_is_a_usage_error_without_traceback(write_case, case_dir):
     path = write_case(family="gpt9")
-    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "harness.plugin", "--cases", str(case_dir),
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "harness.running.plugin", "--cases", str(case_dir),
                              str(case_dir), "-p", "no:cacheprovider", "--rootdir", str(case_dir), "-q"],
                             capture_output=True, text=True, cwd=case_dir, timeout=300)
     assert result.returncode == 4  # pytest's usage error
@@ -89,7 +90,7 @@ def test_a_report_that_is_not_json_or_fails_the_schema(tmp_path, capsys, write_c
 
 def test_a_report_with_a_bad_cell_fails_the_schema_with_the_place(tmp_path):
     path = tmp_path / "r.json"
-    write_report(str(path), [], complete=True)
+    write_report(str(path), [], complete=True, environment=environment())
     data = json.loads(path.read_text())
     data["cells"] = [{"cell_id": "x", "status": "great"}]
     path.write_text(json.dumps(data))
@@ -126,5 +127,5 @@ def test_a_broken_checkpoint_is_a_clear_error_at_load(write_case, fault, words):
                                after_save=fault)
     assert record["status"] == "error"
     assert record["stage"] == "load"
-    assert record["exception_type"] == "harness.modes.CheckpointError"
+    assert record["exception_type"] == "harness.roundtrip.modes.CheckpointError"
     assert words in record["message"] and "artifact" in record["message"]  # names the file or folder

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from harness import run_cell
-from harness.adapters import adapter_kwargs
-from harness.case import Case, CaseError, load_cases, read_case_file
+from harness.roundtrip.adapters import adapter_kwargs
+from harness.roundtrip.check import load_cases, read_case_file
+from harness.specs.case import Case, CaseError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.case import CaseError, load_case_file, load_cases
+from harness.roundtrip.check import load_case_file, load_cases
+from harness.specs.case import CaseError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +73,7 @@ def test_duplicate_id_names_both_files(write_case, case_dir):
 def test_pytest_collection_stops_with_one_clear_message(write_case, case_dir):
     write_case(name="good", id="good-case")
     bad = write_case(name="bad", id="bad-case", famly="vit_224")
-    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "harness.plugin", "--cases", str(case_dir),
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "harness.running.plugin", "--cases", str(case_dir),
                              str(case_dir), "-q", "-p", "no:cacheprovider", "--rootdir", str(case_dir)],
                             capture_output=True, text=True, cwd=case_dir)
     assert result.returncode == 4, result.stdout + result.stderr

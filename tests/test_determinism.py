@@ -5,8 +5,8 @@ import json
 import os
 
 from harness import load_case_file
-from harness.cli import main
-from harness.determinism import rerun_in_process, unstable_cells
+from harness.running.cli import main
+from harness.running.determinism import rerun_in_process, unstable_cells
 
 
 def test_unstable_cells_reports_a_changed_max_diff_or_verdict():

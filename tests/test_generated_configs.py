@@ -7,11 +7,12 @@ import pytest
 import torch
 from hypothesis import given
 
-from harness.case import load_case_file
-from harness.case_writer import case_to_toml
-from harness.families import BaseCheckpoints
-from harness.known_issues import load_known_issues
-from harness.strategies import GeneratedCaseFailure, check_generated, lora_cases
+from harness.roundtrip.check import load_case_file
+from harness.specs.case_writer import case_to_toml
+from harness.roundtrip.families import BaseCheckpoints
+from harness.specs.known_issues import load_known_issues
+from harness.roundtrip.strategies import lora_cases
+from harness.running.cells import GeneratedCaseFailure, check_generated
 
 BASES = BaseCheckpoints()
 KNOWN = load_known_issues()

@@ -11,15 +11,16 @@ import time
 
 import pytest
 
-from harness.cli import main
-from harness.report import ReportError, read_report
+from harness.roundtrip.environment import environment
+from harness.running.cli import main
+from harness.reporting.report import ReportError, read_report
 
 # Runs `python -m harness run` with one cell made to hang (a real sleep in the cell's process).
 DRIVER = '''
 import sys, time
-import harness.isolation as iso
+import harness.running.isolation as iso
 
-_original = iso.run_cell
+_original = iso.run_roundtrip
 
 
 def _run_cell(case, device, dtype, **kwargs):
@@ -28,12 +29,12 @@ def _run_cell(case, device, dtype, **kwargs):
     return _original(case, device, dtype, **kwargs)
 
 
-iso.run_cell = _run_cell
-from harness.cli import main
+iso.run_roundtrip = _run_cell
+from harness.running.cli import main
 sys.exit(main(sys.argv[1:]))
 '''
 
-PYTEST_CONFTEST = DRIVER.split("from harness.cli")[0]
+PYTEST_CONFTEST = DRIVER.split("from harness.running.cli")[0]
 
 IDS = ["bert_classifier-lora-a[cpu-fp32]", "bert_classifier-lora-b-slow[cpu-fp32]", "bert_classifier-lora-c[cpu-fp32]"]
 
@@ -110,7 +111,7 @@ def test_a_pytest_run_stopped_by_sigterm_writes_an_incomplete_report(three_cells
     (three_cells / "pytest.ini").write_text("[pytest]\n")
     out = tmp_path / "report.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "harness.plugin", "--cases", str(three_cells), str(three_cells),
+        [sys.executable, "-m", "pytest", "-p", "harness.running.plugin", "--cases", str(three_cells), str(three_cells),
          "-p", "no:cacheprovider", "--rootdir", str(three_cells), "-q", "--compat-report", str(out)],
         cwd=three_cells, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_cells(out, 1, proc)
@@ -125,10 +126,10 @@ def test_a_pytest_run_stopped_by_sigterm_writes_an_incomplete_report(three_cells
 
 def test_a_report_is_written_atomically(tmp_path):
     """A write that fails half-way leaves the old report: the new one goes to a temporary file, then a rename."""
-    from harness.report import write_json_atomic, write_report
+    from harness.reporting.report import write_json_atomic, write_report
 
     out = tmp_path / "r.json"
-    write_report(str(out), [], complete=True)
+    write_report(str(out), [], complete=True, environment=environment())
     before = out.read_text()
     with pytest.raises(TypeError):
         write_json_atomic(str(out), {"cells": [object()]})  # json.dump fails in the middle of the document

@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-import harness.isolation as iso
+import harness.running.isolation as iso
 from harness import load_case_file
-from harness.isolation import CellRunner, run_cell_isolated
-from harness.report import read_report
+from harness.running.isolation import CellRunner, run_cell_isolated
+from harness.reporting.report import read_report
 
 
 def _segfault(*_):
@@ -103,7 +103,7 @@ def test_the_worker_is_replaced_after_a_crash_and_a_timeout_and_every_cell_is_re
     ok = load_case_file(write_case(id="bert_classifier-lora-ok", devices=["cpu"]))
     crashy = load_case_file(write_case(id="bert_classifier-lora-crashy", devices=["cpu"]))
     slow = load_case_file(write_case(id="bert_classifier-lora-slow", devices=["cpu"], timeout_s=3))
-    original = iso.run_cell
+    original = iso.run_roundtrip
 
     def faulty(case, device, dtype, **kwargs):  # runs in the worker: real faults, real libraries
         if case.id.endswith("crashy"):
@@ -112,7 +112,7 @@ def test_the_worker_is_replaced_after_a_crash_and_a_timeout_and_every_cell_is_re
             kwargs["after_save"] = _hang
         return original(case, device, dtype, **kwargs)
 
-    monkeypatch.setattr(iso, "run_cell", faulty)
+    monkeypatch.setattr(iso, "run_roundtrip", faulty)
     runner = CellRunner(known_issues=[])
     try:
         statuses, pids = [], []
@@ -132,9 +132,9 @@ def test_the_worker_is_replaced_after_a_crash_and_a_timeout_and_every_cell_is_re
 
 CRASHY_CONFTEST = '''
 import os
-import harness.isolation as iso
+import harness.running.isolation as iso
 
-_original = iso.run_cell
+_original = iso.run_roundtrip
 
 
 def _run_cell(case, device, dtype, **kwargs):
@@ -143,7 +143,7 @@ def _run_cell(case, device, dtype, **kwargs):
     return _original(case, device, dtype, **kwargs)
 
 
-iso.run_cell = _run_cell
+iso.run_roundtrip = _run_cell
 '''
 
 
@@ -158,7 +158,7 @@ def crashy_matrix(write_case, case_dir, tmp_path):
 
 
 def run_pytest(case_dir, report, *args, env=None):
-    cmd = [sys.executable, "-m", "pytest", "-p", "harness.plugin", "--cases", str(case_dir), str(case_dir),
+    cmd = [sys.executable, "-m", "pytest", "-p", "harness.running.plugin", "--cases", str(case_dir), str(case_dir),
            "-p", "no:cacheprovider", "--rootdir", str(case_dir), "-q", "--compat-report", str(report), *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=case_dir, env=env, timeout=600)
 

@@ -13,8 +13,8 @@ import sys
 import pytest
 
 from harness import load_case_file
-from harness.cli import main
-from harness.repro import repro_script
+from harness.running.cli import main
+from harness.running.repro import repro_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 S4 = ROOT / "cases" / "bert_classifier-lora-bias_all-add_adapter.toml"  # fails at save on these versions

@@ -6,14 +6,17 @@ from pathlib import Path
 import pytest
 
 from harness import load_case_file, load_cases, run_cell
-from harness.known_issues import KnownIssuesError, classify, load_known_issues, parse_known_issues
+from harness.specs.known_issues import KnownIssuesError, classify, load_known_issues, parse_known_issues
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def record(status="error", stage="save", exc="builtins.RuntimeError", msg="boom", case_id="c-1"):
+def record(status="error", stage="save", exc="builtins.RuntimeError", msg="boom", case_id="c-1",
+           versions=None):
+    """A raw record; the classifier reads the versions it ran with from its environment block."""
     return {"case_id": case_id, "device": "cpu", "dtype": "fp32", "status": status, "stage": stage,
-            "exception_type": exc, "message": msg}
+            "exception_type": exc, "message": msg,
+            "environment": versions or {"peft": "0.21.2", "transformers": "5.23.0", "torch": "2.13.0+cpu"}}
 
 
 def issues(**entry):
@@ -53,6 +56,13 @@ def test_version_specifier_limits_the_entry():
     assert classify(record(), always)["status"] == "expected-failure"
 
 
+def test_the_versions_are_the_records_own_not_the_running_process():
+    entry = issues(versions={"peft": "<0.14"})
+    assert classify(record(versions={"peft": "0.13.2"}), entry)["status"] == "expected-failure"
+    assert classify(record(versions={"peft": "0.14.0"}), entry)["status"] == "error"
+    assert classify(record(versions={"transformers": "4.57.6"}), entry)["status"] == "error"  # peft not recorded
+
+
 def test_device_and_dtype_limit_the_entry():
     assert classify(record(), issues(dtypes=["bf16"]))["status"] == "error"
     assert classify(record(), issues(devices=["cpu"]))["status"] == "expected-failure"
@@ -72,7 +82,7 @@ def test_malformed_table_is_rejected(entry, words):
 def test_every_shipped_entry_names_existing_cases_and_a_reference():
     import fnmatch
 
-    from harness.strategies import all_generated_ids
+    from harness.roundtrip.strategies import all_generated_ids
 
     ids = [c.id for c in load_cases(ROOT / "cases")] + all_generated_ids()
     for issue in load_known_issues():

@@ -13,10 +13,12 @@ import pytest
 from tests.conftest import skip_unless_installed
 from matrix_fixtures import CASES, report, write
 
-from harness import diff as hdiff
-from harness import merge as hmerge
-from harness.cli import main as cli_main
-from harness.report import ReportError, read_report
+from harness.roundtrip.environment import environment
+from harness.reporting import diff as hdiff
+from harness.reporting import merge as hmerge
+from harness.reporting.since_when import since_for_cell
+from harness.running.cli import main as cli_main
+from harness.reporting.report import ReportError, read_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BERT, VIT, IA3 = (c[0] for c in CASES)
@@ -90,13 +92,13 @@ def test_since_when_ambiguous_and_interaction():
                 "entries": {n: {"status": s} for n, s in zip("abcd", statuses)}}
 
     # only a and b observed: both packages change together -> ambiguous, both explanations given
-    ambiguous = hmerge.since_for_cell(row(["fail", "pass", "skipped", "skipped"]), envs)
+    ambiguous = since_for_cell(row(["fail", "pass", "skipped", "skipped"]), envs)
     assert ambiguous["explained_by"] == "ambiguous" and "no env pair separates them" in ambiguous["text"]
     # c separates them: transformers 4.44 fails with peft 0.14 -> transformers explains it
-    by_tf = hmerge.since_for_cell(row(["fail", "pass", "fail", "skipped"]), envs)
+    by_tf = since_for_cell(row(["fail", "pass", "fail", "skipped"]), envs)
     assert by_tf["explained_by"] == "transformers" and by_tf["changes"][0]["first_after"] == "4.47.0"
     # fails only for the new peft with the new transformers: neither alone explains it
-    both = hmerge.since_for_cell(row(["pass", "fail", "pass", "pass"]), envs)
+    both = since_for_cell(row(["pass", "fail", "pass", "pass"]), envs)
     assert both["explained_by"] == "both" and "combination" in both["text"]
 
 
@@ -213,15 +215,15 @@ def test_diff_rejects_bad_input_with_path(tmp_path, capsys):
 def test_diff_planted_regression_on_a_real_cell(tmp_path):
     """One real round trip on the installed versions; then the same report with the verdict planted red."""
     import harness
-    from harness.report import write_report
+    from harness.reporting.report import write_report
 
     case = harness.load_case_file(os.path.join(ROOT, "cases", "bert_classifier-lora-peft_safetensors.toml"))
     record = harness.run_cell(case, "cpu", "fp32")
     assert record["status"] == "pass", record["message"]
-    write_report(str(tmp_path / "old.json"), [record])
+    write_report(str(tmp_path / "old.json"), [record], environment=environment())
     planted = dict(record, status="fail", stage="compare", exception_type="CheckFailed", max_abs_diff=0.5,
                    message="planted: max abs diff 0.5 > tolerance 1e-05")
-    write_report(str(tmp_path / "new.json"), [planted])
+    write_report(str(tmp_path / "new.json"), [planted], environment=environment())
     result = hdiff.compare(hdiff.load_side(str(tmp_path / "old.json")), hdiff.load_side(str(tmp_path / "new.json")))
     assert [(r["cell_id"], r["old"], r["new"]) for r in result["regressions"]] == \
         [("bert_classifier-lora-peft_safetensors[cpu-fp32]", "pass", "fail")]
@@ -329,7 +331,7 @@ reference = "https://example.invalid/never-seen"
 
 
 def test_reclassify_applies_the_current_table_with_the_recorded_versions(tmp_path):
-    from harness.known_issues import parse_known_issues
+    from harness.specs.known_issues import parse_known_issues
 
     rep = report("peft014-tf447", "0.14.0", "4.47.1", {BERT: "pass", VIT: "expected-failure", IA3: "fail"})
     vit = next(c for c in rep["cells"] if c["case_id"] == VIT)
@@ -346,5 +348,5 @@ def test_reclassify_applies_the_current_table_with_the_recorded_versions(tmp_pat
     # the IA3 entry's versions exclude the report's peft 0.14.0: the failure stays a failure
     assert by_case[IA3]["status"] == "fail"
     assert rep["summary"] == {"fixed": 1, "error": 1, "fail": 1}
-    from harness.report import validate_report
+    from harness.reporting.report import validate_report
     validate_report(rep)

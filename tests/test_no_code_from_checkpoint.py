@@ -69,7 +69,7 @@ def test_the_harness_source_loads_files_only_safely():
     """Every torch.load passes weights_only=True; nothing unpickles a file (the one pickle.loads reads the task
     pipe between the runner and its own forked worker, never a file)."""
     torch_loads, pickles = [], []
-    for path in sorted(HARNESS.glob("*.py")):
+    for path in sorted(HARNESS.rglob("*.py")):
         for name, node in _calls(ast.parse(path.read_text())):
             if name == "torch.load":
                 kw = {k.arg: k.value for k in node.keywords}
@@ -82,7 +82,7 @@ def test_the_harness_source_loads_files_only_safely():
 
 
 def test_the_generated_repro_loads_only_safely(write_case):
-    from harness.repro import repro_script
+    from harness.running.repro import repro_script
 
     case = load_case_file(write_case(save={"mode": "torch_state_dict"}, load={"mode": "state_dict_into_peft"}))
     text = repro_script(case, {"cell_id": "x", "status": "fail", "device": "cpu", "dtype": "fp32", "tolerance": 1e-5})

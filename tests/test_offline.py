@@ -21,7 +21,7 @@ socket.getaddrinfo = refuse
 
 os.environ["HF_HUB_OFFLINE"] = "0"            # a user environment that allows the hub ...
 import harness                                 # ... is forced offline by the harness
-from harness.isolation import CellRunner
+from harness.running.isolation import CellRunner
 case = harness.load_case_file(sys.argv[1])
 runner = CellRunner(known_issues=[])
 record = runner.run(case, "cpu", "fp32")

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from harness.report import read_report
+from harness.reporting.report import read_report
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def small_matrix(write_case, case_dir, tmp_path):
 
 
 def pytest_run(case_dir, known, *args):
-    cmd = [sys.executable, "-m", "pytest", "-p", "harness.plugin", "--cases", str(case_dir), str(case_dir),
+    cmd = [sys.executable, "-m", "pytest", "-p", "harness.running.plugin", "--cases", str(case_dir), str(case_dir),
            "--known-issues", str(known), "-p", "no:cacheprovider", "--rootdir", str(case_dir), *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=case_dir)
 

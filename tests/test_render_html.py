@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from matrix_fixtures import CASES, report, write
 
-from harness import merge as hmerge
-from harness.render import html_page, markdown
+from harness.reporting import merge as hmerge
+from harness.reporting.render import html_page, markdown
 
 BERT, VIT, IA3 = (c[0] for c in CASES)
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "chrome")

@@ -7,8 +7,9 @@ import os
 
 import pytest
 
+from harness.roundtrip.environment import environment
 from harness import load_case_file, run_cell
-from harness.report import (SCHEMA_VERSION, ReportError, build_report, read_report, validate_report, write_json_atomic,
+from harness.reporting.report import (SCHEMA_VERSION, ReportError, build_report, read_report, validate_report, write_json_atomic,
                             write_report)
 
 
@@ -25,7 +26,7 @@ def records(tmp_path_factory):
 
 def test_real_records_validate_and_read_back(records, tmp_path):
     path = tmp_path / "r.json"
-    report = write_report(str(path), records)
+    report = write_report(str(path), records, environment=environment())
     assert report["schema_version"] == SCHEMA_VERSION
     back = read_report(str(path))
     assert [c["cell_id"] for c in back["cells"]] == sorted(c["cell_id"] for c in records)
@@ -37,7 +38,7 @@ def test_real_records_validate_and_read_back(records, tmp_path):
 def test_a_later_record_of_the_same_cell_replaces_the_earlier(records):
     again = copy.deepcopy(records[0])
     again["status"] = "fail"
-    report = build_report(records + [again])
+    report = build_report(records + [again], environment=environment())
     assert len(report["cells"]) == 2
     assert {c["status"] for c in report["cells"]} == {"fail", "skipped"}
 
@@ -50,7 +51,7 @@ def test_a_later_record_of_the_same_cell_replaces_the_earlier(records):
     (lambda c: c["environment"].pop("peft"), "cells/0/environment"),
 ])
 def test_schema_rejects_broken_cells(records, breakage, where):
-    report = build_report(copy.deepcopy(records[:1]))
+    report = build_report(copy.deepcopy(records[:1]), environment=environment())
     breakage(report["cells"][0])
     with pytest.raises(ReportError, match=where):
         validate_report(report, "x.json")
@@ -70,23 +71,23 @@ def test_read_report_rejects_non_json_and_foreign_json(tmp_path):
 def test_non_finite_numbers_become_null(records):
     rec = copy.deepcopy(records[0])
     rec["max_abs_diff"] = float("nan")
-    report = build_report([rec])
+    report = build_report([rec], environment=environment())
     assert report["cells"][0]["max_abs_diff"] is None
     json.dumps(report, allow_nan=False)
 
 
 def test_invalid_records_are_refused_before_writing(records, tmp_path):
     path = tmp_path / "r.json"
-    write_report(str(path), records)
+    write_report(str(path), records, environment=environment())
     before = path.read_text()
     with pytest.raises(ReportError, match="cells/2/message"):
-        write_report(str(path), records + [{**records[0], "cell_id": "z", "message": object()}])
+        write_report(str(path), records + [{**records[0], "cell_id": "z", "message": object()}], environment=environment())
     assert path.read_text() == before
 
 
 def test_a_write_that_breaks_halfway_leaves_previous_report_intact(records, tmp_path):
     path = tmp_path / "r.json"
-    write_report(str(path), records)
+    write_report(str(path), records, environment=environment())
     before = path.read_text()
     with pytest.raises(TypeError):  # json.dump fails after writing part of the document
         write_json_atomic(str(path), {"cells": [{"ok": 1}, {"bad": object()}]})

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from harness import load_case_file, run_cell
-from harness.families import BaseCheckpoints
+from harness.roundtrip.families import BaseCheckpoints
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import signal
 import time
 from contextlib import contextmanager
 
-from .report import ReportError, read_report, write_report
+from harness.reporting.report import ReportError, read_report, write_report
 
 CHECKPOINT_INTERVAL_S = 2.0
 RESUME_VERSION_KEYS = ("python", "torch", "transformers", "peft", "safetensors", "accelerate")
@@ -61,9 +61,11 @@ class ReportCheckpoints:
             self.write(complete=False, reason="in progress: the run has not finished (or was killed)")
 
     def write(self, *, complete: bool, reason: str | None = None) -> dict:
+        from harness.roundtrip.environment import environment
+
         self._last = time.monotonic()
-        return write_report(self.path, list(self.records.values()), complete=complete,
-                            incomplete_reason=None if complete else reason)
+        return write_report(self.path, list(self.records.values()), environment=environment("cpu"),
+                            complete=complete, incomplete_reason=None if complete else reason)
 
 
 def resume_records(path: str, environment: dict) -> dict[str, dict]:

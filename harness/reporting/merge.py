@@ -4,7 +4,7 @@
     python -m harness merge --expect-from-tox reports/     # plus a column for every tox env without a report
     python -m harness merge --stub ENV --reason "..."      # record an env that could not be set up
 
-Writes reports/compat.json (harness/schemas/matrix.schema.json), compat.md and compat.html next to it.
+Writes reports/compat.json (harness/reporting/schemas/matrix.schema.json), compat.md and compat.html next to it.
 Every input is read with report.read_report: a non-JSON or schema-failing file stops the merge with its path
 and the reason. An environment that could not install has a *stub* report (no cells, complete=false,
 incomplete_reason "setup-failed: ..."); its column shows "env-failed" in every row, never silently dropped.
@@ -29,16 +29,15 @@ from importlib import resources
 
 from packaging.version import InvalidVersion, Version
 
-from .report import ReportError, read_json, read_report, validate_report, write_json_atomic
+from harness.reporting.report import ReportError, read_json, read_report, validate_report, write_json_atomic
+from harness.reporting.since_when import since_analysis
+from harness.specs import statuses
+from harness.specs.known_issues import classify, release, unclassify
 
 MATRIX_SCHEMA_VERSION = "1.0"
 MATRIX_KIND = "peft-compat-matrix"
 STUB_PREFIX = "setup-failed: "
 ENV_NAME_RE = re.compile(r"^peft(?P<peft>\d+)-tf(?P<tf>\d+)$")
-# statuses that only exist in the matrix: the env could not run at all, or its report lacks the cell
-MATRIX_ONLY_STATUSES = ("env-failed", "missing")
-GOOD = ("pass",)
-BAD = ("fail", "error", "expected-failure", "crashed", "timeout")
 ENV_PACKAGES = ("peft", "transformers", "torch", "python", "safetensors", "accelerate")
 
 
@@ -48,7 +47,7 @@ class MatrixError(ValueError):
 
 @lru_cache(maxsize=1)
 def matrix_schema() -> dict:
-    return json.loads(resources.files("harness").joinpath("schemas/matrix.schema.json").read_text())
+    return json.loads(resources.files("harness.reporting").joinpath("schemas/matrix.schema.json").read_text())
 
 
 def validate_matrix(matrix: dict, source: str = "<matrix>") -> None:
@@ -82,19 +81,10 @@ def versions_from_env_name(name: str) -> dict:
             "transformers": f"{tf[0]}.{int(tf[1:])}" if len(tf) > 1 else tf}
 
 
-def _version(text) -> Version | None:
-    if not text:
-        return None
-    try:
-        return Version(Version(str(text)).base_version)
-    except InvalidVersion:
-        return None
-
-
 def _env_sort_key(env: dict):
     v = env["versions"]
     big = Version("9999")
-    return (_version(v.get("peft")) or big, _version(v.get("transformers")) or big, env["name"])
+    return (release(v.get("peft")) or big, release(v.get("transformers")) or big, env["name"])
 
 
 def env_name_of(report: dict, path: str) -> str:
@@ -133,54 +123,14 @@ def write_stub(path: str, env_name: str, reason: str, versions: dict | None = No
 
 # --- re-classifying against the current known-issues table ----------------------------------------------------
 
-def _versions_match(versions: dict, env: dict) -> bool:
-    from packaging.specifiers import SpecifierSet
-
-    for package, spec in versions.items():
-        v = _version(env.get(package))
-        if v is None or not SpecifierSet(spec).contains(v, prereleases=True):
-            return False
-    return True
-
-
 def reclassify(report: dict, issues) -> dict:
-    """Re-apply a known-issues table to a report's observed verdicts, in place, with the versions the report
-    recorded (not the running process's): a changed table is checked against a finished matrix without
-    running it again. Same rules as known_issues.classify."""
-    import fnmatch
-
-    env = report["environment"]
+    """Re-apply a known-issues table to a report's observed verdicts, in place, with the versions each record
+    says it ran with: a changed table is checked against a finished matrix without running it again. The
+    classifier is the one the runs use (harness.specs.known_issues.classify)."""
     for cell in report["cells"]:
-        if cell["status"] in ("expected-failure", "fixed"):
-            raw = cell.get("observed_status") or ("pass" if cell["status"] == "fixed" else "fail")
-            if cell["status"] == "fixed":
-                cell["message"] = None
-            cell["status"] = raw
-        cell.pop("observed_status", None)
-        cell.pop("known_issue_mismatch", None)
-        cell["known_issue"] = None
-        if cell["status"] not in ("pass", "fail", "error"):
-            continue
-        candidates = [k for k in issues
-                      if any(fnmatch.fnmatchcase(cell["case_id"], p) for p in k.cases)
-                      and cell["device"] in k.devices and cell["dtype"] in k.dtypes
-                      and _versions_match(k.versions, cell.get("environment") or env)]
-        if not candidates:
-            continue
-        if cell["status"] in ("fail", "error"):
-            match = next((k for k in candidates if k.explains(cell)), None)
-            if match is not None:
-                cell["observed_status"], cell["status"] = cell["status"], "expected-failure"
-                cell["known_issue"] = match.as_record()
-            else:
-                cell["known_issue_mismatch"] = [f"{k.reference} expects a failure at stage {k.stage!r}"
-                                                for k in candidates]
-        else:
-            cell["observed_status"], cell["status"] = "pass", "fixed"
-            cell["known_issue"] = candidates[0].as_record()
-            cell["message"] = (f"KNOWN ISSUE NO LONGER FAILS: {candidates[0].reference} was expected to fail at "
-                               f"stage {candidates[0].stage!r} on {candidates[0].versions or 'all versions'}, but "
-                               "the round trip passed. Update harness/known_issues.toml.")
+        if not cell.get("environment"):
+            cell["environment"] = report["environment"]
+        classify(unclassify(cell), issues)
     report["summary"] = dict(Counter(c["status"] for c in report["cells"]))
     return report
 
@@ -342,107 +292,11 @@ def known_issue_usage(reports: list[tuple[str, dict]], issues, env_order=()) -> 
     return out
 
 
-# --- since when ----------------------------------------------------------------------------------------------
-
-def outcome(entry: dict) -> str | None:
-    """pass / fail@<stage> / n/a, or None where nothing was observed (skipped, env failed, missing).
-    A failure keeps its stage, so a failure that moves (adapt -> load) is a change too; whether it is an
-    expected failure or not is the known-issues table's business, not the library's behaviour."""
-    status = entry["status"]
-    if status in GOOD or status == "fixed":
-        return "pass"
-    if status in BAD:
-        return f"fail@{entry.get('stage')}" if entry.get("stage") else "fail"
-    if status == "not-applicable":
-        return "n/a"
-    return None
-
-
-def _verb(result: str) -> str:
-    if result.startswith("fail@"):
-        return f"fails at {result[5:]}"
-    return {"pass": "passes", "fail": "fails", "n/a": "is not applicable"}[result]
-
-
-def _explain_by(package: str, observations: list[tuple[dict, str]]):
-    """If the outcome is a function of `package`'s version, the runs of equal outcome along its versions."""
-    by_version: dict[Version, set] = defaultdict(set)
-    text_of: dict[Version, str] = {}
-    for versions, result in observations:
-        v = _version(versions.get(package))
-        if v is None:
-            return None
-        by_version[v].add(result)
-        text_of[v] = str(versions.get(package))
-    if any(len(results) > 1 for results in by_version.values()):
-        return None
-    runs = []  # [outcome, first version text, last version text]
-    for v in sorted(by_version):
-        result = next(iter(by_version[v]))
-        if runs and runs[-1][0] == result:
-            runs[-1][2] = text_of[v]
-        else:
-            runs.append([result, text_of[v], text_of[v]])
-    return runs
-
-
-def _describe(package: str, runs) -> str:
-    parts = []
-    for i, (result, first, last) in enumerate(runs):
-        if i == 0:
-            parts.append(f"{_verb(result)} for {package} <= {last}")
-        elif i == len(runs) - 1:
-            parts.append(f"{_verb(result)} from {package} {first}")
-        else:
-            parts.append(f"{_verb(result)} for {package} {first} .. {last}")
-    return ", ".join(parts)
-
-
-def since_for_cell(row: dict, envs: list[dict]) -> dict:
-    observations = []
-    for env in envs:
-        result = outcome(row["entries"][env["name"]])
-        if result is not None:
-            observations.append((env["versions"], result, env["name"]))
-    results = {o[1] for o in observations}
-    base = {"cell_id": row["cell_id"], "case_id": row["case_id"], "observed_envs": len(observations)}
-    if not observations:
-        return {**base, "explained_by": None, "changes": [], "text": "not observed in any environment"}
-    if len(results) == 1:
-        only = next(iter(results))
-        return {**base, "explained_by": None, "changes": [],
-                "text": f"{_verb(only)} in every observed environment ({len(observations)})"}
-    candidates = {}
-    for package in ("peft", "transformers"):
-        runs = _explain_by(package, [(o[0], o[1]) for o in observations])
-        if runs is not None:
-            candidates[package] = runs
-    if not candidates:
-        order = [f"{name}: {result}" for _, result, name in observations]
-        return {**base, "explained_by": "both", "changes": [],
-                "text": "depends on the peft x transformers combination: " + ", ".join(order)}
-    # prefer the explanation with fewer changes; both explaining means the matrix cannot separate them
-    ranked = sorted(candidates.items(), key=lambda kv: (len(kv[1]), kv[0] != "peft"))
-    package, runs = ranked[0]
-    changes = [{"package": package, "from": runs[i][0], "to": runs[i + 1][0], "last_before": runs[i][2],
-                "first_after": runs[i + 1][1]} for i in range(len(runs) - 1)]
-    text = _describe(package, runs)
-    explained = package
-    if len(candidates) == 2 and len(candidates["peft"]) == len(candidates["transformers"]):
-        explained = "ambiguous"
-        text += f" (or: {_describe('transformers', candidates['transformers'])}; no env pair separates them)"
-    return {**base, "explained_by": explained, "changes": changes, "text": text}
-
-
-def since_analysis(rows: list[dict], envs: list[dict]) -> list[dict]:
-    return [since_for_cell(row, envs) for row in rows]
-
-
 # --- writing -------------------------------------------------------------------------------------------------
 
 def merge_files(inputs, out: str, expected_envs=(), render: bool = True, known_issues_path=None,
                 reclassify_cells: bool = False) -> dict:
-    from .known_issues import load_known_issues
+    from harness.specs.known_issues import load_known_issues
 
     paths = report_paths(inputs, out)
     reports = [(path, read_report(path)) for path in paths]
@@ -454,7 +308,7 @@ def merge_files(inputs, out: str, expected_envs=(), render: bool = True, known_i
     validate_matrix(matrix, out)
     write_json_atomic(out, matrix)
     if render:
-        from .render import write_html, write_markdown
+        from harness.reporting.render import write_html, write_markdown
 
         base = os.path.splitext(out)[0]
         write_markdown(matrix, base + ".md")
@@ -463,10 +317,8 @@ def merge_files(inputs, out: str, expected_envs=(), render: bool = True, known_i
 
 
 def bad_entries(matrix: dict) -> list[tuple[str, str, str]]:
-    from .report import BAD_STATUSES
-
     return [(row["cell_id"], env, entry["status"]) for row in matrix["cells"]
-            for env, entry in row["entries"].items() if entry["status"] in BAD_STATUSES]
+            for env, entry in row["entries"].items() if statuses.is_red(entry["status"])]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,15 +11,13 @@ from __future__ import annotations
 import html
 import json
 
-from .report import write_json_atomic  # noqa: F401  (same atomic-write policy for text below)
+from harness.specs import statuses
 
-SYMBOLS = {"pass": "✅", "fail": "❌", "error": "💥", "expected-failure": "⚠️", "fixed": "🔧", "skipped": "⏭️",
-           "not-applicable": "➖", "crashed": "☠️", "timeout": "⏱️", "env-failed": "🚫", "missing": "∅"}
-SHORT = {"expected-failure": "xfail", "not-applicable": "n/a", "env-failed": "env-failed", "skipped": "skip"}
-STATUS_RANK = {s: i for i, s in enumerate(["fixed", "crashed", "timeout", "error", "fail", "env-failed",
-                                           "expected-failure", "missing", "pass", "not-applicable", "skipped"])}
-RED = ("fail", "error", "fixed", "crashed", "timeout", "env-failed")
-DETAIL = RED + ("expected-failure",)
+SYMBOLS = {s.name: s.symbol for s in statuses.BY_NAME.values()}
+SHORT = {s.name: s.short for s in statuses.BY_NAME.values()}
+STATUS_RANK = statuses.RANK
+RED = statuses.RED
+DETAIL = statuses.RED + statuses.FAILED  # entries that open to show their stage, exception and message
 
 
 def _write_text(path: str, text: str) -> None:

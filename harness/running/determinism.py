@@ -16,6 +16,8 @@ import tempfile
 import time
 from collections import Counter
 
+from harness.running.isolation import ISOLATION_CHOICES, ISOLATION_HELP, isolate_value
+
 FIELDS = ("status", "stage", "exception_type", "max_abs_diff")
 
 
@@ -39,8 +41,8 @@ def unstable_cells(runs: list[dict[str, dict]]) -> list[dict]:
 def rerun_in_process(cells, n: int, *, known_issues=None, isolation="worker", timeout_s=None, hooks=None,
                      progress=None) -> list[dict[str, dict]]:
     """Run `cells` (case, device, dtype) n times; a fresh runner and base cache for every repetition."""
-    from .isolation import CellRunner
-    from .known_issues import load_known_issues
+    from harness.running.isolation import CellRunner
+    from harness.specs.known_issues import load_known_issues
 
     known_issues = load_known_issues() if known_issues is None else known_issues
     runs = []
@@ -61,7 +63,7 @@ def rerun_in_process(cells, n: int, *, known_issues=None, isolation="worker", ti
 
 def rerun_in_processes(argv_tail: list[str], n: int, progress=None) -> list[dict[str, dict]]:
     """n times `python -m harness run <argv_tail>` in a new interpreter, each with another PYTHONHASHSEED."""
-    from .report import read_report
+    from harness.reporting.report import read_report
 
     runs = []
     with tempfile.TemporaryDirectory(prefix="peft-compat-rerun-") as tmp:
@@ -86,9 +88,10 @@ def summary(runs: list[dict[str, dict]], seconds: float) -> dict:
 
 
 def cmd_rerun(args) -> int:
-    from .case import load_cases
-    from .cli import EXIT_OK, EXIT_RED, select_cells
-    from .known_issues import load_known_issues
+    from harness.roundtrip.check import load_cases
+    from harness.running.cells import select_cells
+    from harness.running.summary import EXIT_OK, EXIT_RED
+    from harness.specs.known_issues import load_known_issues
 
     cells = list(select_cells(load_cases(*args.cases), args.device, args.match, full=not args.fast))
     start = time.monotonic()
@@ -106,12 +109,12 @@ def cmd_rerun(args) -> int:
         tail += ["--known-issues", args.known_issues] if args.known_issues else []
         runs = rerun_in_processes(tail, args.n, progress)
     else:
-        isolation = {"off": False}.get(args.isolation, args.isolation)
+        isolation = isolate_value(args.isolation)
         runs = rerun_in_process(cells, args.n, known_issues=load_known_issues(args.known_issues),
                                 isolation=isolation, progress=progress)
     result = summary(runs, time.monotonic() - start)
     if args.out:
-        from .report import write_json_atomic
+        from harness.reporting.report import write_json_atomic
 
         write_json_atomic(args.out, result)
     print(f"{result['cells']} cells x {result['repetitions']} repetitions in {result['seconds']} s: "
@@ -125,6 +128,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("-n", type=int, default=20, help="repetitions (default: 20)")
     parser.add_argument("--processes", action="store_true",
                         help="a new interpreter per repetition (another PYTHONHASHSEED each; ~4 s more each)")
-    parser.add_argument("--isolation", choices=("worker", "fork", "off"), default="worker",
-                        help="how the in-process repetitions run their cells (default: worker)")
+    parser.add_argument("--isolation", choices=ISOLATION_CHOICES, default="worker",
+                        help=ISOLATION_HELP + "; for the in-process repetitions")
     parser.add_argument("--out", default=None, help="write the summary (JSON) here")

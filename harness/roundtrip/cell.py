@@ -1,9 +1,10 @@
-"""run_cell(case, device, dtype) -> record: the save -> load -> forward round trip of one cell.
+"""run_roundtrip(case, device, dtype) -> record: the save -> load -> forward round trip of one cell.
 
 Stages, in order: build (base checkpoint, base logits), adapt (apply, make non-identity, user steps, check
 the adapter changes the logits), save, load (fresh base, different random adapter values, load), forward,
 compare. The record says which stage failed, with the exception, and what was measured on the way.
-Nothing here imports pytest.
+No policy: the verdict is what happened (pass, fail, error, skipped, not-applicable); the known-issues table
+is applied by the running layer (harness.running.cells.run_cell). Nothing here imports pytest.
 """
 from __future__ import annotations
 
@@ -17,13 +18,13 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from . import compat
-from .adapters import apply_adapter, build_config, fill_trainable
-from .environment import environment
-from .errors import CheckFailed
-from .families import BASE_SEED, FAMILIES, BaseCheckpoints, make_inputs
-from .modes import LOAD_MODES, SAVE_MODES, check_artifact
-from .steps import run_steps
+from harness.roundtrip import compat
+from harness.roundtrip.adapters import apply_adapter, build_config, fill_trainable
+from harness.roundtrip.environment import environment
+from harness.roundtrip.errors import CheckFailed
+from harness.roundtrip.families import BASE_SEED, FAMILIES, BaseCheckpoints, make_inputs
+from harness.roundtrip.modes import LOAD_MODES, SAVE_MODES, check_artifact
+from harness.roundtrip.steps import run_steps
 
 SAVE_SEED = 0
 LOAD_SEED = 54321  # the loading side draws its adapter from another seed than the saving side
@@ -201,32 +202,33 @@ def _check_keys(record: dict, api_result) -> None:
               f"reported): {', '.join(bad_missing[:5])}{' ...' if len(bad_missing) > 5 else ''}")
 
 
-def run_cell(case, device: str = "cpu", dtype: str = "fp32", *, bases: BaseCheckpoints | None = None,
-             known_issues=None, workdir: str | None = None, keep_artifacts: bool = False,
-             after_save=None, after_load=None, on_stage=None) -> dict:
-    """Run one cell and return its record (a plain dict that the report schema describes).
+def run_roundtrip(case, device: str = "cpu", dtype: str = "fp32", *, bases: BaseCheckpoints | None = None,
+                  workdir: str | None = None, keep_artifacts: bool = False,
+                  after_save=None, after_load=None, on_stage=None) -> dict:
+    """Run one cell and return its raw record (a plain dict that the report schema describes).
 
     `after_save(artifact_path)` and `after_load(model)` are fault-injection seams for the harness's own tests
     (corrupt a file, nudge a weight): they let a test prove that a check fails, with the real libraries.
     `on_stage(name)` is called as each stage starts (harness/isolation.py streams it to the parent process)."""
-    from .known_issues import classify, load_known_issues
-
     record = new_record(case, device, dtype)
     skip = applicability(case, device)
     if skip:
         record["status"], record["message"] = skip
         return record
-    bases = bases or BaseCheckpoints()
+    own_bases = bases is None  # then the base checkpoint is this cell's alone: removed with it
+    bases = BaseCheckpoints() if own_bases else bases
     own_workdir = workdir is None
     workdir = workdir or tempfile.mkdtemp(prefix="peft-compat-cell-")
     try:
         _run_stages(case, device, dtype, record, bases, workdir, after_save, after_load, on_stage)
     finally:
+        if own_bases:
+            bases.remove()
         if own_workdir and not keep_artifacts:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             record["artifact_dir"] = workdir
-    return classify(record, load_known_issues() if known_issues is None else known_issues)
+    return record
 
 
 def _run_stages(case, device, dtype, record, bases, workdir, after_save, after_load, on_stage=None) -> None:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import os
 import sys
-from collections import Counter
 
-from .case import CaseError, load_cases
-from .known_issues import KnownIssuesError, load_known_issues
-from .report import BAD_STATUSES, ReportError, write_report
+from harness.reporting.report import ReportError
+from harness.roundtrip.check import load_cases
+from harness.running import summary
+from harness.running.cells import select_cells
+from harness.running.isolation import ISOLATION_CHOICES, ISOLATION_HELP, isolate_value
+from harness.running.summary import EXIT_OK, EXIT_RED, EXIT_USAGE
+from harness.specs import statuses
+from harness.specs.case import CaseError
+from harness.specs.known_issues import KnownIssuesError, load_known_issues
 
-EXIT_OK, EXIT_RED, EXIT_USAGE = 0, 1, 2
 
 
 class UsageError(ValueError):
@@ -24,29 +27,16 @@ def default_report_path() -> str:
     return os.path.join("reports", f"{os.environ.get('TOX_ENV_NAME') or 'local'}.json")
 
 
-def select_cells(cases, devices, match, full: bool = True):
-    from .roundtrip import cell_id
-
-    for case in cases:
-        for device, dtype, _ in case.cells(full=full):
-            if devices and device not in devices:
-                continue
-            cid = cell_id(case.id, device, dtype)
-            if match and not any(fnmatch.fnmatchcase(cid, pattern) or pattern in cid for pattern in match):
-                continue
-            yield case, device, dtype
-
-
 def cmd_run(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .environment import environment
-    from .interrupt import ReportCheckpoints, interrupt_reason, resume_records, sigterm_as_interrupt
-    from .isolation import CellRunner
-    from .roundtrip import cell_id
+    from harness.roundtrip.cell import cell_id
+    from harness.roundtrip.environment import environment
+    from harness.running.checkpoints import ReportCheckpoints, interrupt_reason, resume_records, sigterm_as_interrupt
+    from harness.running.isolation import CellRunner
 
-    isolation = {"off": False}.get(args.isolation, args.isolation)
+    isolation = isolate_value(args.isolation)
     if args.timeout is not None and not args.timeout > 0:
         raise UsageError(f"--timeout {args.timeout:g}: the time limit must be more than 0 seconds")
     if args.timeout is not None and not isolation:
@@ -64,7 +54,7 @@ def cmd_run(args) -> int:
         console.print(f"resuming {args.out}: {len(cells) - len(todo)} of {len(cells)} cells already recorded")
     checkpoints = ReportCheckpoints(args.out, previous)
     runner = CellRunner(isolate=isolation, timeout_s=args.timeout, keep_failed=args.keep_failed, known_issues=known)
-    counts = Counter(r["status"] for r in previous.values())
+    counts = summary.counts(previous.values())
     interrupted, exit_code = None, None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[counts]}"))
@@ -76,10 +66,10 @@ def cmd_run(args) -> int:
                 record = runner.run(case, device, dtype)
                 checkpoints.add(record)
                 counts[record["status"]] += 1
-                if record["status"] in BAD_STATUSES:
+                if statuses.is_red(record["status"]):
                     progress.console.print(f"[red]{record['status']}[/red] {record['cell_id']} "
                                            f"stage={record['stage']}: {(record['message'] or '')[:160]}")
-                progress.update(task, advance=1, counts=" ".join(f"{s}={n}" for s, n in sorted(counts.items())))
+                progress.update(task, advance=1, counts=summary.counts_line(counts))
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see harness/interrupt.py)
             interrupted, exit_code = interrupt_reason(exc)
         finally:
@@ -88,20 +78,19 @@ def cmd_run(args) -> int:
     selected = {cell_id(c.id, d, t) for c, d, t in cells}
     complete = interrupted is None and selected <= set(checkpoints.records)
     checkpoints.write(complete=complete, reason=interrupted or "not every selected cell was recorded")
-    console.print(f"{len(records)} cells -> {args.out}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    console.print(f"{len(records)} cells -> {args.out}: " + summary.counts_line(summary.counts(records))
                   + (f" (INCOMPLETE: {interrupted})" if interrupted else ""))
-    for record in records:
-        if record["status"] == "fixed":
-            console.print(f"[bold red]FIXED known issue[/bold red] {record['cell_id']}: {record['known_issue']['reference']}")
+    for line in summary.fixed_lines(records):
+        console.print(line, style="bold red", markup=False)
     if args.table:
-        from .merge import merge_files
+        from harness.reporting.merge import merge_files
 
         table = os.path.join(os.path.dirname(os.path.abspath(args.out)), "compat.json")
         merge_files([args.out], table)
         console.print(f"table of this environment -> {table} (+ .md, .html)")
     if interrupted:
         return exit_code
-    return EXIT_RED if any(counts[s] for s in BAD_STATUSES) else EXIT_OK
+    return EXIT_RED if summary.red_count(summary.counts(records)) else EXIT_OK
 
 
 def cmd_list(args) -> int:
@@ -138,9 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--table", action="store_true",
                      help="also write the table (compat.json, .md, .html) of this report next to it")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress display")
-    run.add_argument("--isolation", choices=("worker", "fork", "off"), default="worker",
-                     help="crash isolation: a forked worker replaced after a crash or timeout (default), a new "
-                          "child per cell (fork), or none (off: in this process, for debugging)")
+    run.add_argument("--isolation", choices=ISOLATION_CHOICES, default="worker", help=ISOLATION_HELP)
     run.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                      help="time limit per cell unless the case sets timeout_s (default: 120)")
     run.add_argument("--keep-failed", default=None, metavar="DIR",
@@ -154,13 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="validate the case files and the known-issues table")
     common(val)
     val.set_defaults(func=cmd_validate)
-    from . import determinism as _determinism  # issue 5: rerun the matrix N times, report unstable cells
+    from harness.running import determinism as _determinism
 
     rer = sub.add_parser("rerun", help="rerun the cells N times; report any cell whose verdict or max diff changed")
     common(rer)
     _determinism.add_arguments(rer)
     rer.set_defaults(func=_determinism.cmd_rerun)
-    from . import diff as _diff, merge as _merge  # matrix commands (issue 3): merge.py / diff.py own them
+    from harness.reporting import diff as _diff
+    from harness.reporting import merge as _merge
 
     mrg = sub.add_parser("merge", help="merge per-env reports into reports/compat.{json,md,html}")
     _merge.add_arguments(mrg)

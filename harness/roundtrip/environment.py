@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import platform
 
-from .compat import TRACKED_PACKAGES, installed_version
+from harness.roundtrip.compat import TRACKED_PACKAGES, installed_version
 
 
 def device_name(device: str) -> str:

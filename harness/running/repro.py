@@ -14,13 +14,14 @@ import os
 import re
 import shutil
 
-from . import compat
-from .adapters import FILL_STD, adapter_kwargs
-from .families import BASE_SEED, FAMILIES
-from .report import _json_safe
-from .roundtrip import LOAD_SEED, SAVE_SEED, TORCH_DTYPES, VACUITY_FACTOR
+from harness.specs import statuses
+from harness.roundtrip import compat
+from harness.roundtrip.adapters import FILL_STD, adapter_kwargs
+from harness.roundtrip.families import BASE_SEED, FAMILIES
+from harness.reporting.report import _json_safe
+from harness.roundtrip.cell import LOAD_SEED, SAVE_SEED, TORCH_DTYPES, VACUITY_FACTOR
 
-KEEP_STATUSES = ("fail", "error", "expected-failure", "crashed", "timeout")
+KEEP_STATUSES = statuses.FAILED  # the libraries did not reproduce the logits (expected or not)
 
 
 def safe_name(cell_id: str) -> str:
@@ -298,7 +299,7 @@ def _lit(value) -> str:
 
 
 def _steps_code(case, at: str) -> str:
-    from .steps import STEPS
+    from harness.roundtrip.steps import STEPS
 
     blocks = []
     for spec in case.steps:

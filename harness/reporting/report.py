@@ -11,11 +11,9 @@ from collections import Counter
 from functools import lru_cache
 from importlib import resources
 
-from .environment import environment
+from harness.specs import statuses
 
 SCHEMA_VERSION = "1.0"
-STATUSES = ("pass", "fail", "error", "expected-failure", "fixed", "skipped", "not-applicable", "crashed", "timeout")
-BAD_STATUSES = ("fail", "error", "fixed", "crashed", "timeout")  # statuses that make a run red
 
 
 class ReportError(ValueError):
@@ -24,7 +22,7 @@ class ReportError(ValueError):
 
 @lru_cache(maxsize=1)
 def report_schema() -> dict:
-    return json.loads(resources.files("harness").joinpath("schemas/report.schema.json").read_text())
+    return json.loads(resources.files("harness.reporting").joinpath("schemas/report.schema.json").read_text())
 
 
 def _json_safe(value):
@@ -38,7 +36,9 @@ def _json_safe(value):
     return value
 
 
-def build_report(cells: list[dict], *, complete: bool = True, incomplete_reason: str | None = None) -> dict:
+def build_report(cells: list[dict], *, environment: dict, complete: bool = True,
+                 incomplete_reason: str | None = None) -> dict:
+    """The report document of `cells` (records) run in `environment` (harness.roundtrip.environment)."""
     by_id: dict[str, dict] = {}
     for cell in cells:  # one record per cell: a later record of the same cell replaces an earlier one
         by_id[cell["cell_id"]] = cell
@@ -49,7 +49,7 @@ def build_report(cells: list[dict], *, complete: bool = True, incomplete_reason:
         "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "complete": complete,
         "incomplete_reason": incomplete_reason,
-        "environment": environment("cpu"),
+        "environment": environment,
         "summary": dict(Counter(c["status"] for c in ordered)),
         "cells": [_json_safe(c) for c in ordered],
     }
@@ -65,6 +65,12 @@ def validate_report(report: dict, source: str = "<report>") -> None:
         raise ReportError(f"{source}: does not match the report schema {SCHEMA_VERSION} at {where}: {error.message}")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_json_atomic(path: str, document: dict) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -75,6 +81,7 @@ def write_json_atomic(path: str, document: dict) -> None:
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: a report is as readable as any file written here
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

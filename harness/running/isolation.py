@@ -2,7 +2,7 @@
 
 A fresh interpreter per cell would cost ~4 s (importing torch + transformers + peft) against ~50 ms for a warm
 cell, so the parent imports everything once and forks one child per cell (copy-on-write: the fork itself costs
-a few ms). The child runs `run_cell`, streams the stage it enters and, at the end, its record to the parent
+a few ms). The child runs `run_roundtrip`, streams the stage it enters and, at the end, its record to the parent
 over a pipe, one JSON object per line, and leaves with os._exit. The parent waits with the cell's time limit:
 
 * a record arrives                       -> that record (pass, fail, error, expected-failure, ...);
@@ -31,7 +31,8 @@ import tempfile
 import time
 import traceback
 
-from .roundtrip import MESSAGE_LIMIT, new_record, run_cell
+from harness.roundtrip.cell import MESSAGE_LIMIT, applicability, new_record, run_roundtrip
+from harness.running.cells import finish
 
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # is_available() without initialising CUDA
 
@@ -41,6 +42,16 @@ _PARENT_FDS: set[int] = set()
 
 DEFAULT_TIMEOUT_S = 120.0  # per cell, unless the case sets timeout_s; a warm cell takes well under a second
 CHILD_THREADS = 1
+
+# The --isolation option of every front (run, rerun, pytest), defined once.
+ISOLATION_CHOICES = ("worker", "fork", "off")
+ISOLATION_HELP = ("crash isolation of the cells: a forked worker replaced after a crash or timeout (worker, the "
+                  "default), a new child per cell (fork), or none (off: in this process, for debugging)")
+
+
+def isolate_value(choice: str):
+    """The CellRunner `isolate` argument for an --isolation choice."""
+    return False if choice == "off" else choice
 
 
 def _leave_child(code: int) -> None:
@@ -70,7 +81,7 @@ def prewarm(case) -> None:
     import peft  # noqa: F401
     import safetensors.torch  # noqa: F401
 
-    from .families import FAMILIES
+    from harness.roundtrip.families import FAMILIES
 
     FAMILIES[case.family].classes()
     getattr(peft, case.adapter_type, None)
@@ -114,13 +125,12 @@ def _child(wfd: int, case, device, dtype, workdir, bases, kwargs) -> None:
         import torch
 
         torch.set_num_threads(CHILD_THREADS)
-        known_dirs = dict(bases._dirs) if bases is not None else {}
-        record = run_cell(case, device, dtype, bases=bases, workdir=workdir,
-                          on_stage=lambda name: _write_line(wfd, {"stage": name}), **kwargs)
-        if bases is not None:
-            new = {k: v for k, v in bases._dirs.items() if known_dirs.get(k) != v}
-            if new:
-                _write_line(wfd, {"bases": new})
+        snapshot = bases.known()
+        record = run_roundtrip(case, device, dtype, bases=bases, workdir=workdir,
+                               on_stage=lambda name: _write_line(wfd, {"stage": name}), **kwargs)
+        new = bases.built_since(snapshot)
+        if new:
+            _write_line(wfd, {"bases": new})
         _write_line(wfd, {"record": record})
     except BaseException as exc:  # a bug of the harness itself: report it, do not unwind into the parent's code
         code = 3
@@ -214,7 +224,7 @@ class _Reader:
                         seen["seconds"][seen["stage"]] = round(now - stage_start, 6)
                     seen["stage"], stage_start = msg["stage"], now
                 elif "bases" in msg:
-                    self.bases._dirs.update(msg["bases"])
+                    self.bases.adopt(msg["bases"])
                 elif "record" in msg:
                     seen["record"], seen["why"] = msg["record"], "record"
                 elif "harness_error" in msg:
@@ -281,39 +291,38 @@ def _finish_workdir(record: dict, workdir: str, keep_artifacts: bool) -> dict:
     return record
 
 
-def _prepare(case, device, bases, known_issues):
-    from .families import BaseCheckpoints
-    from .known_issues import load_known_issues
+def _prepare(case, bases):
+    from harness.roundtrip.families import BaseCheckpoints
 
     bases = bases if bases is not None else BaseCheckpoints()
     bases.root  # noqa: B018 - created in the parent, so that children build into one shared folder
-    known_issues = load_known_issues() if known_issues is None else known_issues
     prewarm(case)
-    return bases, known_issues
+    return bases
 
 
-def run_cell_isolated(case, device: str = "cpu", dtype: str = "fp32", *, timeout_s: float | None = None,
-                      bases=None, known_issues=None, keep_artifacts: bool = False, tmp_root: str | None = None,
-                      **kwargs) -> dict:
-    """run_cell in a child forked for this one cell, with a time limit. Returns the cell's record; a child that
+def run_cell_isolated(case, device: str = "cpu", dtype: str = "fp32", *, known_issues=None, **kwargs) -> dict:
+    """run_roundtrip in a child forked for this one cell, with a time limit (see _run_isolated), the record
+    classified against `known_issues` (default: the shipped table)."""
+    return finish(_run_isolated(case, device, dtype, **kwargs), known_issues)
+
+
+def _run_isolated(case, device: str = "cpu", dtype: str = "fp32", *, timeout_s: float | None = None,
+                  bases=None, keep_artifacts: bool = False, tmp_root: str | None = None, **kwargs) -> dict:
+    """run_roundtrip in a child forked for this one cell, with a time limit. Returns the cell's record; a child that
     dies or runs past the limit gives a "crashed" / "timeout" record with the stage it was in. With
     keep_artifacts the cell's folder is kept (record["artifact_dir"]); otherwise it is removed, whatever
-    happened. kwargs (after_save, after_load) go to run_cell in the child."""
-    from .roundtrip import applicability
-
+    happened. kwargs (after_save, after_load) go to run_roundtrip in the child. The record is raw."""
     skip = applicability(case, device)
     if skip:  # decided in the parent: nothing to isolate
         record = new_record(case, device, dtype)
         record["status"], record["message"] = skip
         return record
     if not can_fork():  # pragma: no cover - the harness runs on Linux / macOS
-        return run_cell(case, device, dtype, bases=bases, known_issues=known_issues,
-                        keep_artifacts=keep_artifacts, **kwargs)
+        return run_roundtrip(case, device, dtype, bases=bases, keep_artifacts=keep_artifacts, **kwargs)
     limit = cell_timeout(case, timeout_s)
     own_bases = bases is None  # then the base checkpoint is this cell's alone: removed with it
-    bases, known_issues = _prepare(case, device, bases, known_issues)
+    bases = _prepare(case, bases)
     workdir = tempfile.mkdtemp(prefix="peft-compat-cell-", dir=tmp_root)
-    kwargs = dict(kwargs, known_issues=known_issues)
     rfd, wfd = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -337,7 +346,7 @@ def run_cell_isolated(case, device: str = "cpu", dtype: str = "fp32", *, timeout
             _reap(pid, kill=True)
             shutil.rmtree(workdir, ignore_errors=True)
         if own_bases:
-            shutil.rmtree(bases.root, ignore_errors=True)
+            bases.remove()
     record = _verdict(case, device, dtype, seen, status, limit, time.monotonic() - start, workdir)
     return _finish_workdir(record, workdir, keep_artifacts)
 
@@ -347,7 +356,7 @@ class _Worker:
     process, not a file) until it crashes or runs past a time limit; then the parent forks a new one.
     The cell's folder is created and removed by the parent, as with a child per cell."""
 
-    def __init__(self, bases, known_issues):
+    def __init__(self, bases):
         task_r, task_w = os.pipe()
         res_r, res_w = os.pipe()
         sys.stdout.flush()
@@ -356,7 +365,7 @@ class _Worker:
         if pid == 0:  # pragma: no cover - the child
             os.close(task_w)
             os.close(res_r)
-            self._serve(task_r, res_w, bases, known_issues)
+            self._serve(task_r, res_w, bases)
         os.close(task_r)
         os.close(res_w)
         try:
@@ -368,7 +377,7 @@ class _Worker:
         self.reader = _Reader(res_r, bases)
 
     @staticmethod
-    def _serve(task_r: int, res_w: int, bases, known_issues) -> None:  # pragma: no cover - the child
+    def _serve(task_r: int, res_w: int, bases) -> None:  # pragma: no cover - the child
         code = 0
         try:
             _close_inherited()
@@ -391,10 +400,10 @@ class _Worker:
                     os.makedirs(tmp, exist_ok=True)
                     tempfile.tempdir = tmp
                     _catch_crash_traceback(workdir)
-                    known_dirs = dict(bases._dirs)
-                    record = run_cell(case, device, dtype, bases=bases, known_issues=known_issues, workdir=workdir,
-                                      on_stage=lambda name: _write_line(res_w, {"stage": name}))
-                    new = {k: v for k, v in bases._dirs.items() if known_dirs.get(k) != v}
+                    snapshot = bases.known()
+                    record = run_roundtrip(case, device, dtype, bases=bases, workdir=workdir,
+                                           on_stage=lambda name: _write_line(res_w, {"stage": name}))
+                    new = bases.built_since(snapshot)
                     if new:
                         _write_line(res_w, {"bases": new})
                     _write_line(res_w, {"record": record})
@@ -458,7 +467,7 @@ class CellRunner:
     def __init__(self, *, isolate="worker", timeout_s: float | None = None, keep_failed: str | None = None,
                  bases=None, known_issues=None, tmp_root: str | None = None):
         """tmp_root: where cell folders (and, without `bases`, base checkpoints) go; default: the system's."""
-        from .families import BaseCheckpoints
+        from harness.roundtrip.families import BaseCheckpoints
 
         self.tmp_root = tmp_root
         if tmp_root is not None:
@@ -474,48 +483,50 @@ class CellRunner:
         self.timeout_s = timeout_s
         self.keep_failed = keep_failed
         self.bases = bases if bases is not None else BaseCheckpoints()
+        if known_issues is None:
+            from harness.specs.known_issues import load_known_issues
+
+            known_issues = load_known_issues()
         self.known_issues = known_issues
         self._worker: _Worker | None = None
 
     def run(self, case, device: str, dtype: str, **kwargs) -> dict:
+        """The cell's record, classified (the one place the CLI and the plugin classify)."""
         keep = self.keep_failed is not None
         if self.isolate == "worker" and not kwargs:
             record = self._run_in_worker(case, device, dtype, keep)
         elif self.isolate:
-            record = run_cell_isolated(case, device, dtype, timeout_s=self.timeout_s, bases=self.bases,
-                                       known_issues=self.known_issues, keep_artifacts=keep, tmp_root=self.tmp_root,
-                                       **kwargs)
+            record = _run_isolated(case, device, dtype, timeout_s=self.timeout_s, bases=self.bases,
+                                   keep_artifacts=keep, tmp_root=self.tmp_root, **kwargs)
         else:
             workdir = tempfile.mkdtemp(prefix="peft-compat-cell-", dir=self.tmp_root)
             try:
-                record = run_cell(case, device, dtype, bases=self.bases, known_issues=self.known_issues,
-                                  workdir=workdir, **kwargs)
+                record = run_roundtrip(case, device, dtype, bases=self.bases, workdir=workdir, **kwargs)
             finally:
                 if not keep:
                     shutil.rmtree(workdir, ignore_errors=True)
             if not keep:
                 record.pop("artifact_dir", None)
+        finish(record, self.known_issues)
         if keep and record.get("artifact_dir"):
-            from .repro import keep_evidence
+            from harness.running.repro import keep_evidence
 
             keep_evidence(record, case, self.keep_failed)
         return record
 
     def _run_in_worker(self, case, device, dtype, keep: bool) -> dict:
-        from .roundtrip import applicability
-
         skip = applicability(case, device)
         if skip:
             record = new_record(case, device, dtype)
             record["status"], record["message"] = skip
             return record
         limit = cell_timeout(case, self.timeout_s)
-        self.bases, self.known_issues = _prepare(case, device, self.bases, self.known_issues)
+        self.bases = _prepare(case, self.bases)
         workdir = tempfile.mkdtemp(prefix="peft-compat-cell-", dir=self.tmp_root)
         done = False
         try:
             if self._worker is None:
-                self._worker = _Worker(self.bases, self.known_issues)
+                self._worker = _Worker(self.bases)
             seen, status, elapsed = self._worker.run(case, device, dtype, workdir, limit)
             if seen["why"] in ("timeout", "eof"):
                 self._worker = None  # stopped by run(); the next cell forks a fresh worker
@@ -535,7 +546,4 @@ class CellRunner:
     def close(self) -> None:
         """Stop the worker and remove the base checkpoints folder (a run leaves no temporary folder behind)."""
         self.stop_worker()
-        if self.bases._root:
-            shutil.rmtree(self.bases._root, ignore_errors=True)
-            self.bases._root = None
-            self.bases._dirs.clear()
+        self.bases.remove()

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import CheckFailed
+from harness.roundtrip.errors import CheckFailed
 
 
 class StepError(CheckFailed):
@@ -28,7 +28,7 @@ class Step:
 def _resize_token_embeddings(model, size: int) -> None:
     import torch
 
-    from .families import BASE_SEED
+    from harness.roundtrip.families import BASE_SEED
 
     torch.manual_seed(BASE_SEED + size)  # new rows are random: same on both sides of the round trip
     model.resize_token_embeddings(size)
@@ -57,7 +57,7 @@ def _update_running_stats(model, batches: int) -> None:
     """Forward passes in train mode, without gradients: BatchNorm running statistics move as in training."""
     import torch
 
-    from .families import family_for_config, make_inputs
+    from harness.roundtrip.families import family_for_config, make_inputs
 
     config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
     family = family_for_config(config)
@@ -80,7 +80,7 @@ def _add_second_adapter(model, adapter: str, activate: bool) -> None:
     """PeftModel.add_adapter(name, <same config>) with its own deterministic fill; optionally activate it."""
     import copy
 
-    from .adapters import fill_trainable
+    from harness.roundtrip.adapters import fill_trainable
 
     if not hasattr(model, "peft_config"):
         raise StepError("add_second_adapter: the model is not a PeftModel")

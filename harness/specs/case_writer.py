@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import tomli_w
 
-from .case import Case, validate_case_data
+from harness.specs.case import Case, validate_case_data
 
 # The order a person reads a case in.
 _ORDER = ("id", "description", "family", "tags", "references", "dtypes", "devices", "timeout_s", "model",

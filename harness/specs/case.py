@@ -86,7 +86,7 @@ class Case:
 
 @lru_cache(maxsize=1)
 def case_schema() -> dict:
-    return json.loads(resources.files("harness").joinpath("schemas/case.schema.json").read_text())
+    return json.loads(resources.files("harness.specs").joinpath("schemas/case.schema.json").read_text())
 
 
 def _field_path(error) -> str:
@@ -121,45 +121,8 @@ def validate_case_data(data: dict, path) -> None:
     _validate_semantics(data, path)
 
 
-def _one_of(path, field_path, value, registry, what):
-    if value not in registry:
-        raise CaseError(path, field_path, f"unknown {what} {value!r} (known: {', '.join(sorted(registry))})")
-
-
 def _validate_semantics(data: dict, path) -> None:
-    from .adapters import KNOWN_ADAPTER_TYPES
-    from .families import FAMILIES
-    from .modes import LOAD_MODES, SAVE_MODES
-    from .steps import STEPS
-
-    _one_of(path, "family", data["family"], FAMILIES, "model family")
-    family = FAMILIES[data["family"]]
-    for key, value in data["adapter"].get("kwargs", {}).items():
-        for name in value if isinstance(value, list) else []:
-            if isinstance(name, str) and name.startswith("@") and name[1:] not in family.groups:
-                raise CaseError(path, f"adapter.kwargs.{key}", f"family {family.name!r} has no module group "
-                                f"{name!r} (it has: {', '.join('@' + g for g in sorted(family.groups))})")
-    _one_of(path, "adapter.type", data["adapter"]["type"], KNOWN_ADAPTER_TYPES, "adapter type")
-    _one_of(path, "save.mode", data["save"]["mode"], SAVE_MODES, "save mode")
-    _one_of(path, "load.mode", data["load"]["mode"], LOAD_MODES, "load mode")
-    save, load = SAVE_MODES[data["save"]["mode"]], LOAD_MODES[data["load"]["mode"]]
-    apply = data["adapter"].get("apply", "get_peft_model")
-    if apply not in save.applies:
-        raise CaseError(path, "save.mode", f"save mode {save.name!r} does not work with adapter.apply={apply!r} "
-                                           f"(it needs one of: {', '.join(save.applies)})")
-    if save.produces != load.consumes:
-        raise CaseError(path, "load.mode", f"load mode {load.name!r} reads a {load.consumes} but save mode "
-                                           f"{save.name!r} writes a {save.produces}")
-    for i, spec in enumerate(data.get("steps", [])):
-        _one_of(path, f"steps.{i}.name", spec["name"], STEPS, "step")
-        step = STEPS[spec["name"]]
-        given = {k for k in spec if k != "name"}
-        if given != set(step.params):
-            raise CaseError(path, f"steps.{i}", f"step {step.name!r} takes exactly {sorted(step.params)}, "
-                                                f"got {sorted(given)}")
-        for key, typ in step.params.items():
-            if not isinstance(spec[key], typ):
-                raise CaseError(path, f"steps.{i}.{key}", f"must be {typ.__name__}, got {spec[key]!r}")
+    """Cross-field rules that need no registry (the names a case uses are checked by harness.roundtrip.check)."""
     for package, spec in data.get("requires", {}).items():
         try:
             specifier = SpecifierSet(spec)
@@ -228,30 +191,35 @@ def read_case_file(path) -> list[Case]:
             data = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise CaseError(path, "", f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CaseError(path, "", f"not valid UTF-8 (byte {exc.start}): a case file is UTF-8 TOML") from None
     except OSError as exc:
         raise CaseError(path, "", f"cannot read: {exc.strerror}") from None
     return [Case.from_dict(d, path) for d in expand_matrix(data, path)]
-
-
-def load_case_file(path) -> Case:
-    """The one case of a file without a [matrix]."""
-    cases = read_case_file(path)
-    if len(cases) != 1:
-        raise CaseError(path, "matrix", f"declares {len(cases)} cases; use read_case_file() or load_cases()")
-    return cases[0]
 
 
 def case_files(directory) -> list[Path]:
     return sorted(Path(directory).glob("*.toml"))
 
 
-def load_cases(*directories) -> list[Case]:
-    """Every case under the directories, validated; duplicate ids are an error naming both files."""
-    cases, seen = [], {}
-    for directory in directories:
-        if not os.path.isdir(directory):
-            raise CaseError(directory, "", "case directory does not exist")
-        for path in case_files(directory):
+def discover_cases(*locations) -> list[Case]:
+    """Every case under the folders (or in the case files) given, shape-validated; a duplicate id is an error
+    naming both files. The names a case uses are checked by harness.roundtrip.check.load_cases."""
+    cases, seen, visited = [], {}, set()
+    for location in locations:
+        if os.path.isdir(location):
+            paths = case_files(location)
+        elif os.path.isfile(location) and str(location).endswith(".toml"):
+            paths = [Path(location)]
+        elif os.path.exists(location):
+            raise CaseError(location, "", "not a case folder or a .toml case file")
+        else:
+            raise CaseError(location, "", "case folder does not exist")
+        for path in paths:
+            real = os.path.realpath(path)
+            if real in visited:  # the same folder or file given twice: read once
+                continue
+            visited.add(real)
             for case in read_case_file(path):
                 if case.id in seen:
                     raise CaseError(path, "id", f"duplicate case id {case.id!r} (also in {seen[case.id]})")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import zlib
 
-from . import compat
+from harness.roundtrip import compat
 
 # Every PEFT config class name the harness knows about. A case naming another is a typo; a case naming one
 # that the installed peft lacks is "not applicable" on that version (see roundtrip).
@@ -28,7 +28,7 @@ GROUP_KWARGS = ("target_modules", "modules_to_save", "exclude_modules", "feedfor
 def resolve_groups(family_name: str, kwargs: dict) -> dict:
     """Replace symbolic module groups ("@targets", "@mlp", "@head", "@norm", "@embedding") in module-name
     lists with the family's names, and layers_pattern "@layers" with the family's layer list name."""
-    from .families import FAMILIES
+    from harness.roundtrip.families import FAMILIES
 
     family = FAMILIES[family_name]
     out = dict(kwargs)

@@ -11,12 +11,17 @@ import argparse
 import json
 import sys
 
-from .merge import MATRIX_KIND, MatrixError, build_matrix, read_matrix
-from .report import ReportError, read_report
+from harness.reporting.merge import MATRIX_KIND, MatrixError, build_matrix, read_matrix
+from harness.reporting.report import ReportError, read_report
+from harness.specs import statuses
 
-GOOD = ("pass", "fixed")  # fixed: the round trip passed (a known issue that no longer fails)
-RED = ("fail", "error", "expected-failure", "crashed", "timeout", "env-failed")
 SINGLE = "(report)"
+
+
+def _bad(status: str) -> bool:
+    """Not reproduced, or nothing to show: a failure (expected or not), a crash, an env that did not run, a
+    missing cell. A known issue that passed ("fixed") is red for the run but good for the libraries."""
+    return statuses.outcome(status) == "fail" or (statuses.is_red(status) and statuses.outcome(status) != "pass")
 
 
 def load_side(path: str) -> dict:
@@ -78,9 +83,9 @@ def compare(old: dict, new: dict) -> dict:
             continue
         item = {"env": key[0], "cell_id": key[1], "old": before, "new": after, "stage": b[key].get("stage"),
                 "reason": b[key].get("reason")}
-        if before in GOOD and after in RED:
+        if statuses.outcome(before) == "pass" and _bad(after):
             result["regressions"].append(item)
-        elif before in RED and after in GOOD:
+        elif _bad(before) and statuses.outcome(after) == "pass":
             result["fixes"].append(item)
         else:
             result["changes"].append(item)

@@ -10,7 +10,7 @@ import inspect
 
 from hypothesis import strategies as st
 
-from .families import FAMILIES
+from harness.roundtrip.families import FAMILIES
 
 # Families whose layers can be addressed with layers_to_transform (they name their layer list).
 FAMILIES_FOR_GENERATION = ("bert_classifier", "vit_224", "wav2vec2_ctc", "llama_causal")
@@ -85,25 +85,3 @@ def lora_cases(draw, families=FAMILIES_FOR_GENERATION) -> dict:
         "save": {"mode": save},
         "load": {"mode": load},
     }
-
-
-class GeneratedCaseFailure(AssertionError):
-    """A generated case whose round trip failed in a way the known-issues table does not expect. The message
-    ends with the case as a TOML file, ready to drop into cases/ as a named regression case."""
-
-
-def check_generated(case_dict: dict, *, bases=None, known_issues=None, **run_kwargs) -> dict:
-    """Run a generated case on CPU fp32; pass and expected-failure hold, anything else raises."""
-    from .case import Case
-    from .case_writer import case_to_toml
-    from .roundtrip import run_cell
-
-    record = run_cell(Case.from_dict(case_dict, "<generated>"), "cpu", "fp32", bases=bases,
-                      known_issues=known_issues, **run_kwargs)
-    if record["status"] not in ("pass", "expected-failure", "not-applicable"):
-        raise GeneratedCaseFailure(
-            f"generated case {record['cell_id']}: {record['status']} at stage {record['stage']!r}: "
-            f"{record['exception_type']}: {(record['message'] or '')[:800]}\n\n"
-            f"Save this as cases/<name>.toml (give it a real id) to keep it as a regression case:\n\n"
-            f"{case_to_toml(case_dict)}")
-    return record

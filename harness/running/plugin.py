@@ -11,19 +11,19 @@ import os
 import shutil
 import signal
 import tempfile
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from .case import CaseError, load_cases
-from .environment import versions_line
-from .families import BaseCheckpoints
-from .interrupt import ReportCheckpoints, Terminated
-from .isolation import DEFAULT_TIMEOUT_S, CellRunner
-from .known_issues import KnownIssuesError, load_known_issues
-from .report import BAD_STATUSES
-from .roundtrip import cell_id, new_record
+from harness.roundtrip.cell import cell_id, new_record
+from harness.roundtrip.check import load_cases
+from harness.roundtrip.environment import versions_line
+from harness.roundtrip.families import BaseCheckpoints
+from harness.running import summary
+from harness.running.checkpoints import ReportCheckpoints, Terminated
+from harness.running.isolation import DEFAULT_TIMEOUT_S, ISOLATION_CHOICES, ISOLATION_HELP, CellRunner, isolate_value
+from harness.specs.case import CaseError
+from harness.specs.known_issues import KnownIssuesError, load_known_issues
 
 RECORD_KEY = "peft_compat_cell"
 
@@ -35,10 +35,8 @@ def pytest_addoption(parser):
     group.addoption("--compat-report", default=None, metavar="PATH",
                     help="write the JSON compatibility report of the collected cells to PATH")
     group.addoption("--known-issues", default=None, metavar="PATH",
-                    help="known-issues table (default: the one shipped in harness/known_issues.toml)")
-    group.addoption("--isolation", choices=("worker", "fork", "off"), default="worker",
-                    help="crash isolation of the cells: a forked worker replaced after a crash or timeout (default), "
-                         "a new child per cell (fork), or none (off)")
+                    help="known-issues table (default: the one shipped in harness/specs/known_issues.toml)")
+    group.addoption("--isolation", choices=ISOLATION_CHOICES, default="worker", help=ISOLATION_HELP)
     group.addoption("--cell-timeout", type=float, default=None, metavar="SECONDS",
                     help=f"time limit per cell unless the case sets timeout_s (default: {DEFAULT_TIMEOUT_S:g}; "
                          "needs isolation)")
@@ -71,7 +69,7 @@ class CompatState:
         if tmp_root:
             os.makedirs(tmp_root, exist_ok=True)
         self.bases = BaseCheckpoints(tempfile.mkdtemp(prefix="peft-compat-bases-", dir=tmp_root) if tmp_root else None)
-        isolation = {"off": False}.get(config.getoption("--isolation"), config.getoption("--isolation"))
+        isolation = isolate_value(config.getoption("--isolation"))
         if config.getoption("--cell-timeout") is not None and not isolation:
             raise pytest.UsageError("peft-compat: --cell-timeout needs isolation (a cell in the test process "
                                     "cannot be stopped): drop --isolation off or --cell-timeout")
@@ -180,17 +178,15 @@ class CompatState:
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
         if not self.records:
             return
-        counts = Counter(r["status"] for r in self.records.values())
+        counts = summary.counts(self.records.values())
         terminalreporter.section("peft-compat")
-        terminalreporter.write_line(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-        for record in sorted(self.records.values(), key=lambda r: r["cell_id"]):
-            if record["status"] == "fixed":
-                terminalreporter.write_line(f"FIXED (known issue no longer fails): {record['cell_id']}: "
-                                            f"{record['known_issue']['reference']}", red=True, bold=True)
+        terminalreporter.write_line(summary.counts_line(counts))
+        for line in summary.fixed_lines(self.records.values()):
+            terminalreporter.write_line(line, red=True, bold=True)
         path = config.getoption("--compat-report")
         if path:
             terminalreporter.write_line(f"report: {path} ({len(self.records)} cells; red statuses: "
-                                        f"{sum(counts[s] for s in BAD_STATUSES)})")
+                                        f"{summary.red_count(counts)})")
 
 
 STATE = pytest.StashKey[CompatState]()

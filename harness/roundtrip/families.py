@@ -127,6 +127,26 @@ class BaseCheckpoints:
             self._root = tempfile.mkdtemp(prefix="peft-compat-bases-")
         return self._root
 
+    def known(self) -> dict[str, str]:
+        """A snapshot of the checkpoints built so far: key -> folder (see adopt)."""
+        return dict(self._dirs)
+
+    def adopt(self, built: dict[str, str]) -> None:
+        """Take over checkpoints that another process built into this cache's folder (a forked worker)."""
+        self._dirs.update(built)
+
+    def built_since(self, snapshot: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in self._dirs.items() if snapshot.get(k) != v}
+
+    def remove(self) -> None:
+        """Delete every checkpoint and the cache's folder (if this cache made it or was given it)."""
+        import shutil
+
+        if self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
+        self._root = None
+        self._dirs.clear()
+
     def get(self, family: Family, overrides: dict | None = None) -> str:
         overrides = overrides or {}
         key = family.name + "-" + hashlib.sha1(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:10]

@@ -37,6 +37,7 @@ from harness.specs.known_issues import classify, release, unclassify
 MATRIX_SCHEMA_VERSION = "1.0"
 MATRIX_KIND = "peft-compat-matrix"
 STUB_PREFIX = "setup-failed: "
+CROSS_DIR = "cross"  # reports/cross/<reader>.json: the read reports of the cross-version phase
 ENV_NAME_RE = re.compile(r"^peft(?P<peft>\d+)-tf(?P<tf>\d+)$")
 ENV_PACKAGES = ("peft", "transformers", "torch", "python", "safetensors", "accelerate")
 
@@ -142,8 +143,9 @@ def report_paths(inputs, out: str | None = None) -> list[str]:
     paths = []
     skip = os.path.abspath(out) if out else None
     for item in inputs:
-        if os.path.isdir(item):
-            for path in sorted(glob.glob(os.path.join(item, "*.json"))):
+        if os.path.isdir(item):  # its reports, and the read reports of the cross-version phase in <dir>/cross/
+            found = glob.glob(os.path.join(item, "*.json")) + glob.glob(os.path.join(item, CROSS_DIR, "*.json"))
+            for path in sorted(found):
                 if os.path.abspath(path) == skip or _looks_like_matrix(path):
                     continue
                 paths.append(path)
@@ -192,9 +194,14 @@ def _entry(cell: dict) -> dict:
             "known_issue": (cell.get("known_issue") or {}).get("reference")}
 
 
-def build_matrix(reports: list[tuple[str, dict]], expected_envs=(), known_issues=None) -> dict:
+def cross_path(out: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(out)), "cross.json")
+
+
+def build_matrix(reports: list[tuple[str, dict]], expected_envs=(), known_issues=None, usage_reports=None) -> dict:
     """reports: [(path, report)] as read by read_report. expected_envs: names that must have a column.
-    known_issues: the parsed known-issues table, to record which envs exercise each entry (optional)."""
+    known_issues: the parsed known-issues table, to record which envs exercise each entry (optional), in
+    `usage_reports` (default: `reports`; the read reports of the cross-version phase exercise entries too)."""
     envs: dict[str, dict] = {}
     cells_by_env: dict[str, dict] = {}
     for path, report in reports:
@@ -248,7 +255,7 @@ def build_matrix(reports: list[tuple[str, dict]], expected_envs=(), known_issues
                                         "reason": "not in this environment's report", "exception_type": None,
                                         "message": None, "observed_status": None, "known_issue": None}
         rows.append({**meta[cid], "entries": entries})
-    usage = known_issue_usage(reports, known_issues, env_names)
+    usage = known_issue_usage(reports if usage_reports is None else usage_reports, known_issues, env_names)
     matrix = {
         "schema_version": MATRIX_SCHEMA_VERSION, "kind": MATRIX_KIND,
         "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -262,8 +269,8 @@ def build_matrix(reports: list[tuple[str, dict]], expected_envs=(), known_issues
     return matrix
 
 
-def _issue_key(reference, stage, versions) -> str:
-    return json.dumps([reference, stage, versions or {}], sort_keys=True)
+def _issue_key(reference, stage, versions, writer=None, reader=None) -> str:
+    return json.dumps([reference, stage, versions or {}, writer, reader], sort_keys=True)
 
 
 def known_issue_usage(reports: list[tuple[str, dict]], issues, env_order=()) -> list[dict] | None:
@@ -276,16 +283,20 @@ def known_issue_usage(reports: list[tuple[str, dict]], issues, env_order=()) -> 
         name = env_name_of(report, path)
         for cell in report["cells"]:
             issue = cell.get("known_issue")
-            if not issue or cell["status"] not in ("expected-failure", "fixed"):
+            if not issue or cell["status"] not in statuses.FROM_TABLE:
                 continue
-            key = _issue_key(issue["reference"], issue["stage"], issue.get("versions"))
+            key = _issue_key(issue["reference"], issue["stage"], issue.get("versions"), issue.get("writer"),
+                             issue.get("reader"))
+            where = f"{cell['writer']['name']}->{name}" if cell.get("writer") else name
             bucket = seen.setdefault(key, {"expected-failure": set(), "fixed": set()})
-            bucket[cell["status"]].add(name)
+            bucket[cell["status"]].add(where)
     rank = {name: i for i, name in enumerate(env_order)}
     ordered = lambda names: sorted(names, key=lambda n: (rank.get(n, len(rank)), n))  # noqa: E731
     out = []
     for issue in issues:
-        bucket = seen.get(_issue_key(issue.reference, issue.stage, issue.versions), {})
+        bucket = seen.get(_issue_key(issue.reference, issue.stage, issue.versions,
+                                     (issue.writer or {}) if issue.cross else None,
+                                     (issue.reader or {}) if issue.cross else None), {})
         out.append({"reference": issue.reference, "stage": issue.stage, "versions": dict(issue.versions),
                     "cases": list(issue.cases), "seen_in": ordered(bucket.get("expected-failure", ())),
                     "fixed_in": ordered(bucket.get("fixed", ()))})
@@ -304,7 +315,13 @@ def merge_files(inputs, out: str, expected_envs=(), render: bool = True, known_i
     if reclassify_cells:
         for _, report in reports:
             reclassify(report, issues)
-    matrix = build_matrix(reports, expected_envs, issues)
+    own = [(path, report) for path, report in reports if report.get("phase", "roundtrip") == "roundtrip"]
+    reads = [(path, report) for path, report in reports if report.get("phase") == "read"]
+    if reads:  # the cross-version table: cross.json (+ .md) next to the matrix
+        from harness.reporting.crosstable import build_cross, write_cross
+
+        write_cross(build_cross(reads), cross_path(out))
+    matrix = build_matrix(own, expected_envs, issues, usage_reports=reports)
     validate_matrix(matrix, out)
     write_json_atomic(out, matrix)
     if render:

@@ -40,8 +40,8 @@ def _write_text(path: str, text: str) -> None:
 def _visible_rows(matrix: dict) -> tuple[list[dict], int]:
     """Rows with at least one entry that is not skipped (a CPU-only matrix skips every CUDA cell)."""
     rows = [r for r in matrix["cells"]
-            if any(e["status"] not in ("skipped", "env-failed", "missing") for e in r["entries"].values())
-            or all(e["status"] in ("env-failed", "missing") for e in r["entries"].values())]
+            if any(e["status"] not in statuses.NOT_RUN for e in r["entries"].values())
+            or all(e["status"] in statuses.MATRIX_ONLY for e in r["entries"].values())]
     return rows, len(matrix["cells"]) - len(rows)
 
 

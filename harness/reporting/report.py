@@ -13,7 +13,7 @@ from importlib import resources
 
 from harness.specs import statuses
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: phase "read", cells with a writer, status base-incompatible
 
 
 class ReportError(ValueError):
@@ -36,17 +36,25 @@ def _json_safe(value):
     return value
 
 
+def record_key(record: dict) -> str:
+    """What identifies a record in a report: the cell, and for a cross-version read also its writer."""
+    writer = record.get("writer")
+    return f"{writer['name']}/{record['cell_id']}" if writer else record["cell_id"]
+
+
 def build_report(cells: list[dict], *, environment: dict, complete: bool = True,
-                 incomplete_reason: str | None = None) -> dict:
-    """The report document of `cells` (records) run in `environment` (harness.roundtrip.environment)."""
+                 incomplete_reason: str | None = None, phase: str = "roundtrip") -> dict:
+    """The report document of `cells` (records) run in `environment` (harness.roundtrip.environment);
+    phase "read" for the reads of other releases' artifacts."""
     by_id: dict[str, dict] = {}
     for cell in cells:  # one record per cell: a later record of the same cell replaces an earlier one
-        by_id[cell["cell_id"]] = cell
+        by_id[record_key(cell)] = cell
     ordered = [by_id[k] for k in sorted(by_id)]
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "peft-compat-report",
         "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "phase": phase,
         "complete": complete,
         "incomplete_reason": incomplete_reason,
         "environment": environment,
@@ -71,22 +79,27 @@ def _umask() -> int:
     return mask
 
 
-def write_json_atomic(path: str, document: dict) -> None:
+def write_text_atomic(path: str, text: str) -> None:
+    """Write `text` to `path` so that a reader sees the old file or the new one, never a part: a temporary
+    file in the same folder, fsync, rename; with the mode the umask gives (mkstemp would make it 0600)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(document, fh, indent=1, sort_keys=False)
-            fh.write("\n")
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: a report is as readable as any file written here
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: str, document: dict) -> None:
+    write_text_atomic(path, json.dumps(document, indent=1, sort_keys=False) + "\n")
 
 
 def write_report(path: str, cells: list[dict], **kwargs) -> dict:

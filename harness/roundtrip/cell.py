@@ -95,7 +95,7 @@ def _captured_warnings(record: dict, stage: str):
                 record["warnings"].append({"stage": stage, "category": category, "message": message[:MESSAGE_LIMIT]})
 
 
-class _Stages:
+class Stages:
     """Runs the stages of one cell; the first failure ends the cell with that stage in the record."""
 
     def __init__(self, record: dict, on_stage=None):
@@ -115,13 +115,13 @@ class _Stages:
             self.record["seconds"][name] = round(time.perf_counter() - start, 6)
 
 
-def _torch_dtype(dtype: str):
+def torch_dtype(dtype: str):
     import torch
 
     return getattr(torch, TORCH_DTYPES[dtype])
 
 
-def _forward(model, inputs):
+def forward_logits(model, inputs):
     import torch
 
     model.eval()
@@ -131,7 +131,7 @@ def _forward(model, inputs):
     return logits.detach().float().cpu()
 
 
-def _inputs_for(inputs: dict, device: str, dtype) -> dict:
+def inputs_on(inputs: dict, device: str, dtype) -> dict:
     return {k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)) for k, v in inputs.items()}
 
 
@@ -144,7 +144,7 @@ class LoadContext:
     dtype: str
 
     def dtype_kwargs(self) -> dict:
-        return compat.dtype_kwargs(_torch_dtype(self.dtype))
+        return compat.dtype_kwargs(torch_dtype(self.dtype))
 
     def model_class(self):
         return FAMILIES[self.case.family].classes()[1]
@@ -163,7 +163,7 @@ def load_base(case, base_dir: str, device: str, dtype: str):
 
     torch.manual_seed(BASE_SEED)
     model_cls = FAMILIES[case.family].classes()[1]
-    model = model_cls.from_pretrained(base_dir, **compat.dtype_kwargs(_torch_dtype(dtype)), **case.load_kwargs)
+    model = model_cls.from_pretrained(base_dir, **compat.dtype_kwargs(torch_dtype(dtype)), **case.load_kwargs)
     run_steps(model, case.steps, "before_adapt")
     return model.to(device)
 
@@ -189,7 +189,7 @@ def _fail(message: str):
     raise CheckFailed(message)
 
 
-def _check_keys(record: dict, api_result) -> None:
+def check_load_keys(record: dict, api_result) -> None:
     missing, unexpected = compat.load_result_keys(api_result)
     record["missing_keys"], record["unexpected_keys"] = missing, unexpected
     if missing is None and unexpected is None:
@@ -204,12 +204,14 @@ def _check_keys(record: dict, api_result) -> None:
 
 def run_roundtrip(case, device: str = "cpu", dtype: str = "fp32", *, bases: BaseCheckpoints | None = None,
                   workdir: str | None = None, keep_artifacts: bool = False,
-                  after_save=None, after_load=None, on_stage=None) -> dict:
+                  after_save=None, after_load=None, on_stage=None, export: bool = False) -> dict:
     """Run one cell and return its raw record (a plain dict that the report schema describes).
 
     `after_save(artifact_path)` and `after_load(model)` are fault-injection seams for the harness's own tests
     (corrupt a file, nudge a weight): they let a test prove that a check fails, with the real libraries.
-    `on_stage(name)` is called as each stage starts (harness/isolation.py streams it to the parent process)."""
+    `on_stage(name)` is called as each stage starts (harness/isolation.py streams it to the parent process).
+    `export=True`: once the save stage is done, what a reader of another release needs goes to
+    <workdir>/export/ (see export_for_readers); pass a `workdir` that the caller keeps."""
     record = new_record(case, device, dtype)
     skip = applicability(case, device)
     if skip:
@@ -220,7 +222,7 @@ def run_roundtrip(case, device: str = "cpu", dtype: str = "fp32", *, bases: Base
     own_workdir = workdir is None
     workdir = workdir or tempfile.mkdtemp(prefix="peft-compat-cell-")
     try:
-        _run_stages(case, device, dtype, record, bases, workdir, after_save, after_load, on_stage)
+        _run_stages(case, device, dtype, record, bases, workdir, after_save, after_load, on_stage, export)
     finally:
         if own_bases:
             bases.remove()
@@ -231,7 +233,8 @@ def run_roundtrip(case, device: str = "cpu", dtype: str = "fp32", *, bases: Base
     return record
 
 
-def _run_stages(case, device, dtype, record, bases, workdir, after_save, after_load, on_stage=None) -> None:
+def _run_stages(case, device, dtype, record, bases, workdir, after_save, after_load, on_stage=None,
+                export=False) -> None:
     import torch
 
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -240,15 +243,15 @@ def _run_stages(case, device, dtype, record, bases, workdir, after_save, after_l
     load_dev = "cuda" if device == "cuda" else "cpu"
     family, tol = FAMILIES[case.family], record["tolerance"]
     threshold = record["vacuity_threshold"] = tol * VACUITY_FACTOR
-    save_mode, load_mode = SAVE_MODES[case.save_mode], LOAD_MODES[case.load_mode]
+    save_mode = SAVE_MODES[case.save_mode]
     artifact = os.path.join(workdir, "artifact")
-    run = _Stages(record, on_stage)
+    run = Stages(record, on_stage)
     try:
         with run.stage("build"):
             base_dir = bases.get(family, case.model_config)
             model = load_base(case, base_dir, save_dev, dtype)
             inputs = make_inputs(family, model.config)
-            base_logits = _forward(model, _inputs_for(inputs, save_dev, _torch_dtype(dtype)))
+            base_logits = forward_logits(model, inputs_on(inputs, save_dev, torch_dtype(dtype)))
         with run.stage("adapt"):
             torch.manual_seed(SAVE_SEED)
             model = apply_adapter(model, case)
@@ -256,8 +259,8 @@ def _run_stages(case, device, dtype, record, bases, workdir, after_save, after_l
                 if not fill_trainable(model):
                     _fail("the adapter has no trainable tensor: nothing to save")
             run_steps(model, case.steps, "after_adapt")
-            adapted_logits = _forward(model, _inputs_for(inputs, save_dev, _torch_dtype(dtype)))
-            effect = record["adapter_effect"] = _max_abs_diff(adapted_logits, base_logits)
+            adapted_logits = forward_logits(model, inputs_on(inputs, save_dev, torch_dtype(dtype)))
+            effect = record["adapter_effect"] = max_abs_diff(adapted_logits, base_logits)
             if not effect > threshold:
                 _fail(f"vacuous: the adapter changes the logits by at most {effect:.3g}, not more than "
                       f"{threshold:.3g} ({VACUITY_FACTOR} x tolerance): the round trip would prove nothing")
@@ -266,34 +269,73 @@ def _run_stages(case, device, dtype, record, bases, workdir, after_save, after_l
             del model
             if after_save:
                 after_save(artifact)
-        with run.stage("load"):
-            check_artifact(load_mode.consumes, artifact)
-            torch.manual_seed(LOAD_SEED)
-            ctx = LoadContext(case, base_dir, load_dev, dtype)
-            outcome = load_mode.load(ctx, artifact, dict(case.load_options))
-            _check_keys(record, outcome.api_result)
-            if after_load:
-                after_load(outcome.model)
-        with run.stage("forward"):
-            logits = _forward(outcome.model, _inputs_for(inputs, load_dev, _torch_dtype(dtype)))
-        with run.stage("compare"):
-            if logits.shape != adapted_logits.shape:
-                _fail(f"logits shape {tuple(logits.shape)} after loading, {tuple(adapted_logits.shape)} before saving")
-            diff = record["max_abs_diff"] = _max_abs_diff(logits, adapted_logits)
-            if not diff <= tol:
-                _fail(f"the reloaded model does not reproduce the logits: max abs diff {diff:.3g} > tolerance "
-                      f"{tol:.3g} ({device}, {dtype})")
+        if export:
+            export_for_readers(workdir, base_dir, inputs, base_logits, adapted_logits)
+        ctx = LoadContext(case, base_dir, load_dev, dtype)
+        load_and_compare(run, ctx, artifact, inputs, adapted_logits, after_load)
         record["stage"] = None
         record["status"] = "pass"
-    except CheckFailed as exc:
-        record["status"], record["exception_type"], record["message"] = "fail", "CheckFailed", str(exc)
     except Exception as exc:  # any library exception is the cell's verdict, with its stage
-        record["status"], record["exception_type"] = "error", f"{type(exc).__module__}.{type(exc).__qualname__}"
-        record["message"] = str(exc)[:MESSAGE_LIMIT]
-        record["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-6:])[-MESSAGE_LIMIT:]
+        record_failure(record, exc)
 
 
-def _max_abs_diff(a, b) -> float:
+def record_failure(record: dict, exc: Exception) -> None:
+    """A harness check that failed is "fail"; any exception a library raised is "error", with its type."""
+    if isinstance(exc, CheckFailed):
+        record["status"], record["exception_type"], record["message"] = "fail", "CheckFailed", str(exc)
+        return
+    record["status"], record["exception_type"] = "error", f"{type(exc).__module__}.{type(exc).__qualname__}"
+    record["message"] = str(exc)[:MESSAGE_LIMIT]
+    record["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-6:])[-MESSAGE_LIMIT:]
+
+
+def load_and_compare(run: Stages, ctx: LoadContext, artifact: str, inputs: dict, expected, after_load=None) -> None:
+    """The load, forward and compare stages: what the case's load mode makes of `artifact` on a fresh base
+    (ctx) must reproduce `expected` (the logits before saving) within the cell's tolerance. The round trip
+    and a cross-version read (harness.artifacts.read) share it. Raises on the first failure."""
+    import torch
+
+    record, case = run.record, ctx.case
+    load_mode = LOAD_MODES[case.load_mode]
+    with run.stage("load"):
+        check_artifact(load_mode.consumes, artifact)
+        torch.manual_seed(LOAD_SEED)
+        outcome = load_mode.load(ctx, artifact, dict(case.load_options))
+        check_load_keys(record, outcome.api_result)
+        if after_load:
+            after_load(outcome.model)
+    with run.stage("forward"):
+        logits = forward_logits(outcome.model, inputs_on(inputs, ctx.device, torch_dtype(ctx.dtype)))
+    with run.stage("compare"):
+        if logits.shape != expected.shape:
+            _fail(f"logits shape {tuple(logits.shape)} after loading, {tuple(expected.shape)} before saving")
+        diff = record["max_abs_diff"] = max_abs_diff(logits, expected)
+        tol = record["tolerance"]
+        if not diff <= tol:
+            _fail(f"the reloaded model does not reproduce the logits: max abs diff {diff:.3g} > tolerance "
+                  f"{tol:.3g} ({record['device']}, {record['dtype']})")
+
+
+EXPORT_DIR = "export"  # in a cell's folder: what a reader of another release needs, besides the saved artifact
+EXPORT_TENSORS = "tensors.safetensors"
+EXPORT_BASE = "base"
+
+
+def export_for_readers(workdir: str, base_dir: str, inputs: dict, base_logits, adapted_logits) -> None:
+    """After the save stage: a copy of the base checkpoint the cell loaded, and the inputs and the logits of
+    the base and of the adapted model before saving, as safetensors. harness.artifacts.write turns this and
+    the saved artifact into an artifact another release can read."""
+    from safetensors.torch import save_file
+
+    out = os.path.join(workdir, EXPORT_DIR)
+    os.makedirs(out, exist_ok=True)
+    shutil.copytree(base_dir, os.path.join(out, EXPORT_BASE))
+    tensors = {f"input.{k}": v.contiguous() for k, v in inputs.items()}
+    tensors.update({"logits.base": base_logits.contiguous(), "logits.adapted": adapted_logits.contiguous()})
+    save_file(tensors, os.path.join(out, EXPORT_TENSORS))
+
+
+def max_abs_diff(a, b) -> float:
     import torch
 
     if a.shape != b.shape:

@@ -13,7 +13,7 @@ import signal
 import time
 from contextlib import contextmanager
 
-from harness.reporting.report import ReportError, read_report, write_report
+from harness.reporting.report import ReportError, read_report, record_key, write_report
 
 CHECKPOINT_INTERVAL_S = 2.0
 RESUME_VERSION_KEYS = ("python", "torch", "transformers", "peft", "safetensors", "accelerate")
@@ -50,13 +50,14 @@ def interrupt_reason(exc: BaseException) -> tuple[str, int]:
 class ReportCheckpoints:
     """The records of a run, and the report file kept valid while they come in."""
 
-    def __init__(self, path: str, previous: dict | None = None, interval_s: float = CHECKPOINT_INTERVAL_S):
-        self.path, self.interval_s = path, interval_s
+    def __init__(self, path: str, previous: dict | None = None, interval_s: float = CHECKPOINT_INTERVAL_S,
+                 phase: str = "roundtrip"):
+        self.path, self.interval_s, self.phase = path, interval_s, phase
         self.records: dict[str, dict] = dict(previous or {})
         self._last = -float("inf")
 
     def add(self, record: dict) -> None:
-        self.records[record["cell_id"]] = record
+        self.records[record_key(record)] = record
         if time.monotonic() - self._last >= self.interval_s:
             self.write(complete=False, reason="in progress: the run has not finished (or was killed)")
 
@@ -65,7 +66,7 @@ class ReportCheckpoints:
 
         self._last = time.monotonic()
         return write_report(self.path, list(self.records.values()), environment=environment("cpu"),
-                            complete=complete, incomplete_reason=None if complete else reason)
+                            complete=complete, incomplete_reason=None if complete else reason, phase=self.phase)
 
 
 def resume_records(path: str, environment: dict) -> dict[str, dict]:
@@ -81,4 +82,4 @@ def resume_records(path: str, environment: dict) -> dict[str, dict]:
     if changed:
         raise ReportError(f"{path}: cannot resume: the report was written with other versions ({'; '.join(changed)});"
                           f" run without --resume to replace it")
-    return {cell["cell_id"]: cell for cell in report["cells"]}
+    return {record_key(cell): cell for cell in report["cells"]}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 
+from harness.artifacts.store import ArtifactError
 from harness.reporting.report import ReportError
 from harness.roundtrip.check import load_cases
 from harness.running import summary
@@ -27,33 +29,49 @@ def default_report_path() -> str:
     return os.path.join("reports", f"{os.environ.get('TOX_ENV_NAME') or 'local'}.json")
 
 
-def cmd_run(args) -> int:
+@dataclass(frozen=True)
+class Job:
+    """One record to make: a cell's round trip, or (read) a cross-version read of an artifact."""
+    key: str  # the record's key in the report (harness.reporting.report.record_key)
+    case: object
+    device: str
+    dtype: str
+    read: str | None = None  # an artifact cell folder of another release
+
+    @property
+    def label(self) -> str:
+        return self.key
+
+
+def _check_run_options(args) -> None:
+    if args.timeout is not None and not args.timeout > 0:
+        raise UsageError(f"--timeout {args.timeout:g}: the time limit must be more than 0 seconds")
+    if args.timeout is not None and not isolate_value(args.isolation):
+        raise UsageError("--timeout needs an isolated run: a cell in this process cannot be stopped "
+                         "(drop --isolation off, or --timeout)")
+    if getattr(args, "keep_failed", None) and os.path.exists(args.keep_failed) and not os.path.isdir(args.keep_failed):
+        raise UsageError(f"--keep-failed {args.keep_failed}: exists and is not a folder")
+
+
+def drive(args, jobs: list[Job], *, phase: str = "roundtrip", artifacts: str | None = None,
+          known=None) -> tuple[list[dict], str | None, int | None]:
+    """Run the jobs with a progress display, keeping the report at args.out valid all along (resume,
+    checkpoints, SIGINT / SIGTERM). Returns (records, why it was interrupted or None, exit code then)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from harness.roundtrip.cell import cell_id
     from harness.roundtrip.environment import environment
     from harness.running.checkpoints import ReportCheckpoints, interrupt_reason, resume_records, sigterm_as_interrupt
     from harness.running.isolation import CellRunner
 
-    isolation = isolate_value(args.isolation)
-    if args.timeout is not None and not args.timeout > 0:
-        raise UsageError(f"--timeout {args.timeout:g}: the time limit must be more than 0 seconds")
-    if args.timeout is not None and not isolation:
-        raise UsageError("--timeout needs an isolated run: a cell in this process cannot be stopped "
-                         "(drop --isolation off, or --timeout)")
-    if args.keep_failed and os.path.exists(args.keep_failed) and not os.path.isdir(args.keep_failed):
-        raise UsageError(f"--keep-failed {args.keep_failed}: exists and is not a folder")
-    cases = load_cases(*args.cases)
-    known = load_known_issues(args.known_issues)
-    cells = list(select_cells(cases, args.device, args.match, full=not args.fast))
     previous = resume_records(args.out, environment("cpu")) if args.resume else {}
-    todo = [(c, d, t) for c, d, t in cells if cell_id(c.id, d, t) not in previous]
+    todo = [job for job in jobs if job.key not in previous]
     console = Console(stderr=True)
     if previous:
-        console.print(f"resuming {args.out}: {len(cells) - len(todo)} of {len(cells)} cells already recorded")
-    checkpoints = ReportCheckpoints(args.out, previous)
-    runner = CellRunner(isolate=isolation, timeout_s=args.timeout, keep_failed=args.keep_failed, known_issues=known)
+        console.print(f"resuming {args.out}: {len(jobs) - len(todo)} of {len(jobs)} records already there")
+    checkpoints = ReportCheckpoints(args.out, previous, phase=phase)
+    runner = CellRunner(isolate=isolate_value(args.isolation), timeout_s=args.timeout,
+                        keep_failed=getattr(args, "keep_failed", None), known_issues=known, artifacts=artifacts)
     counts = summary.counts(previous.values())
     interrupted, exit_code = None, None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -61,36 +79,79 @@ def cmd_run(args) -> int:
     with sigterm_as_interrupt(), Progress(*columns, console=console, disable=args.quiet) as progress:
         task = progress.add_task("cells", total=len(todo), counts="")
         try:
-            for case, device, dtype in todo:
-                progress.update(task, description=f"{case.id}[{device}-{dtype}]")
-                record = runner.run(case, device, dtype)
+            for job in todo:
+                progress.update(task, description=job.label)
+                record = runner.run(job.case, job.device, job.dtype, read=job.read)
                 checkpoints.add(record)
                 counts[record["status"]] += 1
                 if statuses.is_red(record["status"]):
-                    progress.console.print(f"[red]{record['status']}[/red] {record['cell_id']} "
-                                           f"stage={record['stage']}: {(record['message'] or '')[:160]}")
+                    progress.console.print(f"[red]{record['status']}[/red] {job.label} "
+                                           f"stage={record['stage']}: {(record['message'] or '')[:160]}",
+                                           highlight=False)
                 progress.update(task, advance=1, counts=summary.counts_line(counts))
-        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see harness/interrupt.py)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see harness/running/checkpoints.py)
             interrupted, exit_code = interrupt_reason(exc)
         finally:
             runner.close()
     records = list(checkpoints.records.values())
-    selected = {cell_id(c.id, d, t) for c, d, t in cells}
-    complete = interrupted is None and selected <= set(checkpoints.records)
+    complete = interrupted is None and {job.key for job in jobs} <= set(checkpoints.records)
     checkpoints.write(complete=complete, reason=interrupted or "not every selected cell was recorded")
-    console.print(f"{len(records)} cells -> {args.out}: " + summary.counts_line(summary.counts(records))
+    console.print(f"{len(records)} {'reads' if phase == 'read' else 'cells'} -> {args.out}: " + summary.counts_line(summary.counts(records))
                   + (f" (INCOMPLETE: {interrupted})" if interrupted else ""))
     for line in summary.fixed_lines(records):
         console.print(line, style="bold red", markup=False)
+    return records, interrupted, exit_code
+
+
+def _verdict(records, interrupted, exit_code) -> int:
+    if interrupted:
+        return exit_code
+    return EXIT_RED if summary.red_count(summary.counts(records)) else EXIT_OK
+
+
+def cmd_run(args) -> int:
+    from harness.roundtrip.cell import cell_id
+
+    _check_run_options(args)
+    cases = load_cases(*args.cases)
+    known = load_known_issues(args.known_issues)
+    jobs = [Job(cell_id(c.id, d, t), c, d, t) for c, d, t in select_cells(cases, args.device, args.match,
+                                                                              full=not args.fast)]
+    records, interrupted, exit_code = drive(args, jobs, artifacts=args.artifacts, known=known)
     if args.table:
         from harness.reporting.merge import merge_files
 
         table = os.path.join(os.path.dirname(os.path.abspath(args.out)), "compat.json")
         merge_files([args.out], table)
-        console.print(f"table of this environment -> {table} (+ .md, .html)")
-    if interrupted:
-        return exit_code
-    return EXIT_RED if summary.red_count(summary.counts(records)) else EXIT_OK
+        print(f"table of this environment -> {table} (+ .md, .html)", file=sys.stderr)
+    return _verdict(records, interrupted, exit_code)
+
+
+def cmd_read(args) -> int:
+    """The read phase of the cross-version table: this environment reads other environments' artifacts."""
+    from harness.artifacts.store import ArtifactError, writer_name
+    from harness.roundtrip.environment import environment
+    from harness.running.crossread import plan_reads
+
+    _check_run_options(args)
+    cases = load_cases(*args.cases)
+    known = load_known_issues(args.known_issues)
+    chosen = {(c.id, d, t) for c, d, t in select_cells(cases, args.device, args.match, full=not args.fast)}
+    here = environment("cpu")
+    if args.out is None:
+        args.out = os.path.join("reports", "cross", f"{writer_name(here)}.json")
+    try:
+        reads, notes = plan_reads(args.artifacts, cases, here, pairs=args.pairs, only_writers=args.writer,
+                                  select=lambda case, device, dtype: (case.id, device, dtype) in chosen)
+    except ArtifactError as exc:
+        raise UsageError(str(exc)) from None
+    for note in notes:
+        print(note, file=sys.stderr)
+    writers = sorted({r.writer for r in reads})
+    print(f"{writer_name(here)} reads {len(reads)} artifacts of {len(writers)} writer(s): {', '.join(writers)}",
+          file=sys.stderr)
+    jobs = [Job(r.key, r.case, r.device, r.dtype, read=r.cell_dir) for r in reads]
+    return _verdict(*drive(args, jobs, phase="read", known=known))
 
 
 def cmd_list(args) -> int:
@@ -134,7 +195,25 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep the checkpoint of every failing cell in DIR, with record.json and a standalone repro.py")
     run.add_argument("--resume", action="store_true",
                      help="keep the cells already in --out (an interrupted run) and run only the missing ones")
+    run.add_argument("--artifacts", default=None, metavar="DIR",
+                     help="keep every cell that got past its save stage as an artifact for the cross-version "
+                          "table, under DIR/<this env>/ (read by `python -m harness read DIR` elsewhere)")
     run.set_defaults(func=cmd_run)
+    rd = sub.add_parser("read", help="cross-version phase: load the artifacts that other environments wrote "
+                                     "with `run --artifacts` and compare with their logits")
+    common(rd)
+    rd.add_argument("artifacts", metavar="DIR", help="the artifacts folder (one sub-folder per writer)")
+    rd.add_argument("--pairs", choices=("neighbours", "all"), default="neighbours",
+                    help="which writers to read: the oldest, the newest, this environment and its neighbours by "
+                         "version (default), or every writer")
+    rd.add_argument("--writer", action="append", metavar="NAME", help="read only these writers")
+    rd.add_argument("--out", default=None, help="the read report (default: reports/cross/<this env>.json)")
+    rd.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    rd.add_argument("--isolation", choices=ISOLATION_CHOICES, default="worker", help=ISOLATION_HELP)
+    rd.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                    help="time limit per read unless the case sets timeout_s (default: 120)")
+    rd.add_argument("--resume", action="store_true", help="keep the reads already in --out, do the missing ones")
+    rd.set_defaults(func=cmd_read)
     lst = sub.add_parser("list", help="print the cell ids that `run` would run")
     common(lst)
     lst.set_defaults(func=cmd_list)
@@ -165,7 +244,7 @@ def main(argv=None) -> int:
         args.cases = ["cases"]
     try:
         return args.func(args)
-    except (CaseError, KnownIssuesError, ReportError, UsageError) as exc:
+    except (ArtifactError, CaseError, KnownIssuesError, ReportError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -110,6 +110,18 @@ def _close_inherited() -> None:
     _PARENT_FDS.clear()
 
 
+def _execute(case, device, dtype, *, bases, workdir, on_stage, task=None, **hooks) -> dict:
+    """What a cell's process runs: the round trip (task {"export": True} also exports for readers of other
+    releases) or, with task {"read": <artifact cell folder>}, a read of another release's artifact."""
+    task = task or {}
+    if task.get("read"):
+        from harness.artifacts.read import read_cell
+
+        return read_cell(case, task["read"], on_stage=on_stage)
+    return run_roundtrip(case, device, dtype, bases=bases, workdir=workdir, on_stage=on_stage,
+                         export=bool(task.get("export")), **hooks)
+
+
 def _child(wfd: int, case, device, dtype, workdir, bases, kwargs) -> None:
     """In the forked child: run the cell, stream stage and record, never return."""
     code = 0
@@ -126,8 +138,8 @@ def _child(wfd: int, case, device, dtype, workdir, bases, kwargs) -> None:
 
         torch.set_num_threads(CHILD_THREADS)
         snapshot = bases.known()
-        record = run_roundtrip(case, device, dtype, bases=bases, workdir=workdir,
-                               on_stage=lambda name: _write_line(wfd, {"stage": name}), **kwargs)
+        record = _execute(case, device, dtype, bases=bases, workdir=workdir,
+                          on_stage=lambda name: _write_line(wfd, {"stage": name}), **kwargs)
         new = bases.built_since(snapshot)
         if new:
             _write_line(wfd, {"bases": new})
@@ -318,7 +330,9 @@ def _run_isolated(case, device: str = "cpu", dtype: str = "fp32", *, timeout_s: 
         record["status"], record["message"] = skip
         return record
     if not can_fork():  # pragma: no cover - the harness runs on Linux / macOS
-        return run_roundtrip(case, device, dtype, bases=bases, keep_artifacts=keep_artifacts, **kwargs)
+        workdir = tempfile.mkdtemp(prefix="peft-compat-cell-", dir=tmp_root)
+        record = _execute(case, device, dtype, bases=bases, workdir=workdir, **{"on_stage": None, **kwargs})
+        return _finish_workdir(record, workdir, keep_artifacts)
     limit = cell_timeout(case, timeout_s)
     own_bases = bases is None  # then the base checkpoint is this cell's alone: removed with it
     bases = _prepare(case, bases)
@@ -394,15 +408,15 @@ class _Worker:
                 header = tasks.readline()
                 if not header:
                     break  # the parent closed the pipe: done
-                case, device, dtype, workdir = pickle.loads(tasks.read(int(header)))
+                case, device, dtype, workdir, task = pickle.loads(tasks.read(int(header)))
                 try:
                     tmp = os.path.join(workdir, "tmp")
                     os.makedirs(tmp, exist_ok=True)
                     tempfile.tempdir = tmp
                     _catch_crash_traceback(workdir)
                     snapshot = bases.known()
-                    record = run_roundtrip(case, device, dtype, bases=bases, workdir=workdir,
-                                           on_stage=lambda name: _write_line(res_w, {"stage": name}))
+                    record = _execute(case, device, dtype, bases=bases, workdir=workdir, task=task,
+                                      on_stage=lambda name: _write_line(res_w, {"stage": name}))
                     new = bases.built_since(snapshot)
                     if new:
                         _write_line(res_w, {"bases": new})
@@ -417,10 +431,10 @@ class _Worker:
         finally:
             _leave_child(code)
 
-    def run(self, case, device, dtype, workdir, limit):
+    def run(self, case, device, dtype, workdir, limit, task=None):
         import pickle
 
-        payload = pickle.dumps((case, device, dtype, workdir))
+        payload = pickle.dumps((case, device, dtype, workdir, task))
         start = time.monotonic()
         try:
             os.write(self.task_w, f"{len(payload)}\n".encode() + payload)
@@ -465,8 +479,10 @@ class CellRunner:
     (after_save, after_load) always gets a child of its own."""
 
     def __init__(self, *, isolate="worker", timeout_s: float | None = None, keep_failed: str | None = None,
-                 bases=None, known_issues=None, tmp_root: str | None = None):
-        """tmp_root: where cell folders (and, without `bases`, base checkpoints) go; default: the system's."""
+                 bases=None, known_issues=None, tmp_root: str | None = None, artifacts: str | None = None):
+        """tmp_root: where cell folders (and, without `bases`, base checkpoints) go; default: the system's.
+        artifacts: keep every round trip that got past its save stage as an artifact for readers of other
+        releases, under <artifacts>/<this env>/ (harness.artifacts.store)."""
         from harness.roundtrip.families import BaseCheckpoints
 
         self.tmp_root = tmp_root
@@ -482,6 +498,7 @@ class CellRunner:
         self.isolate = isolate if can_fork() else False
         self.timeout_s = timeout_s
         self.keep_failed = keep_failed
+        self.artifacts = artifacts
         self.bases = bases if bases is not None else BaseCheckpoints()
         if known_issues is None:
             from harness.specs.known_issues import load_known_issues
@@ -490,36 +507,49 @@ class CellRunner:
         self.known_issues = known_issues
         self._worker: _Worker | None = None
 
-    def run(self, case, device: str, dtype: str, **kwargs) -> dict:
-        """The cell's record, classified (the one place the CLI and the plugin classify)."""
+    def run(self, case, device: str, dtype: str, *, read: str | None = None, **kwargs) -> dict:
+        """The cell's record, classified (the one place the CLI and the plugin classify). With `read` (an
+        artifact cell folder of another release) the cell is a cross-version read of that artifact."""
         keep = self.keep_failed is not None
-        if self.isolate == "worker" and not kwargs:
-            record = self._run_in_worker(case, device, dtype, keep)
+        task = {"read": read} if read else {"export": self.artifacts is not None}
+        hold = keep or bool(task.get("export"))  # the cell's folder outlives the cell until it is stored
+        skip = applicability(case, device)
+        if skip:  # decided here: nothing to isolate
+            record = new_record(case, device, dtype)
+            record["status"], record["message"] = skip
+        elif self.isolate == "worker" and not kwargs:
+            record = self._run_in_worker(case, device, dtype, hold, task)
         elif self.isolate:
             record = _run_isolated(case, device, dtype, timeout_s=self.timeout_s, bases=self.bases,
-                                   keep_artifacts=keep, tmp_root=self.tmp_root, **kwargs)
+                                   keep_artifacts=hold, tmp_root=self.tmp_root, task=task, **kwargs)
         else:
             workdir = tempfile.mkdtemp(prefix="peft-compat-cell-", dir=self.tmp_root)
             try:
-                record = run_roundtrip(case, device, dtype, bases=self.bases, workdir=workdir, **kwargs)
+                record = _execute(case, device, dtype, bases=self.bases, workdir=workdir, task=task,
+                                  **{"on_stage": None, **kwargs})
             finally:
-                if not keep:
+                if not hold:
                     shutil.rmtree(workdir, ignore_errors=True)
-            if not keep:
-                record.pop("artifact_dir", None)
+            record = _finish_workdir(record, workdir, hold)
+        if read and "writer" not in record:  # a read that never started (crashed, timed out, skipped here)
+            from harness.artifacts.read import writer_block
+            from harness.artifacts.store import read_manifest
+
+            record["writer"] = writer_block(read_manifest(read))
         finish(record, self.known_issues)
+        if task.get("export") and record.get("artifact_dir"):
+            from harness.artifacts.store import store
+
+            store(record, record["artifact_dir"], self.artifacts)
         if keep and record.get("artifact_dir"):
             from harness.running.repro import keep_evidence
 
             keep_evidence(record, case, self.keep_failed)
+        elif record.get("artifact_dir"):
+            shutil.rmtree(record.pop("artifact_dir"), ignore_errors=True)
         return record
 
-    def _run_in_worker(self, case, device, dtype, keep: bool) -> dict:
-        skip = applicability(case, device)
-        if skip:
-            record = new_record(case, device, dtype)
-            record["status"], record["message"] = skip
-            return record
+    def _run_in_worker(self, case, device, dtype, keep: bool, task: dict) -> dict:
         limit = cell_timeout(case, self.timeout_s)
         self.bases = _prepare(case, self.bases)
         workdir = tempfile.mkdtemp(prefix="peft-compat-cell-", dir=self.tmp_root)
@@ -527,7 +557,7 @@ class CellRunner:
         try:
             if self._worker is None:
                 self._worker = _Worker(self.bases)
-            seen, status, elapsed = self._worker.run(case, device, dtype, workdir, limit)
+            seen, status, elapsed = self._worker.run(case, device, dtype, workdir, limit, task)
             if seen["why"] in ("timeout", "eof"):
                 self._worker = None  # stopped by run(); the next cell forks a fresh worker
             done = True

@@ -20,6 +20,7 @@ from harness.roundtrip.check import load_cases
 from harness.roundtrip.environment import versions_line
 from harness.roundtrip.families import BaseCheckpoints
 from harness.running import summary
+from harness.specs import statuses
 from harness.running.checkpoints import ReportCheckpoints, Terminated
 from harness.running.isolation import DEFAULT_TIMEOUT_S, ISOLATION_CHOICES, ISOLATION_HELP, CellRunner, isolate_value
 from harness.specs.case import CaseError
@@ -273,7 +274,7 @@ class CellItem(pytest.Item):
         record = state.runner.run(self.case, self.device, self.dtype, **hooks)
         self.user_properties.append((RECORD_KEY, json.dumps(record)))
         status = record["status"]
-        if status in ("skipped", "not-applicable"):
+        if status in statuses.SKIPS:
             pytest.skip(f"{status}: {record['message']}")
         if status == "expected-failure":
             known = record["known_issue"]

@@ -26,7 +26,11 @@ from harness.specs import statuses
 from harness.specs.case import DEVICES, DTYPES
 
 STAGES = statuses.STAGES
-_FIELDS = {"cases", "versions", "devices", "dtypes", "stage", "exception", "reference", "note", "intermittent"}
+_FIELDS = {"cases", "versions", "devices", "dtypes", "stage", "exception", "reference", "note", "intermittent",
+           "writer", "reader"}
+# a cross-version read and its writer are "the same release" when these agree: such a read (the diagonal of
+# the writer x reader table) is classified with the own-round-trip entries too
+SAME_RELEASE_PACKAGES = ("peft", "transformers")
 
 
 class KnownIssuesError(ValueError):
@@ -44,12 +48,29 @@ class KnownIssue:
     devices: tuple = DEVICES
     dtypes: tuple = DTYPES
     intermittent: bool = False  # the bug shows on some runs only (e.g. uninitialized memory): a pass is no "fix"
+    writer: dict | None = None  # cross-version entry: specifiers for the release that saved ...
+    reader: dict | None = None  # ... and for the release that loads
 
-    def applies_to(self, case_id: str, device: str, dtype: str, versions: dict) -> bool:
-        """Whether the entry covers this cell on these versions ({package: version text})."""
-        return (any(fnmatch.fnmatchcase(case_id, pattern) for pattern in self.cases)
-                and device in self.devices and dtype in self.dtypes
-                and versions_satisfy(self.versions, versions))
+    @property
+    def cross(self) -> bool:
+        """A cross-version entry (writer / reader) applies to reads of another release's artifacts only."""
+        return self.writer is not None or self.reader is not None
+
+    def applies_to(self, record: dict) -> bool:
+        """Whether the entry covers this record's cell on the versions it ran with: an own round trip
+        (versions = record["environment"]) or a cross-version read (record["writer"] and the reader's
+        record["environment"]; a read of the same release also takes the own-round-trip entries)."""
+        if not (any(fnmatch.fnmatchcase(record["case_id"], pattern) for pattern in self.cases)
+                and record["device"] in self.devices and record["dtype"] in self.dtypes):
+            return False
+        versions, writer = record.get("environment") or {}, record.get("writer")
+        if self.cross:
+            return (writer is not None and versions_satisfy(self.writer or {}, writer)
+                    and versions_satisfy(self.reader or {}, versions))
+        if writer is not None and any(release(writer.get(p)) != release(versions.get(p))
+                                      for p in SAME_RELEASE_PACKAGES):
+            return False
+        return versions_satisfy(self.versions, versions)
 
     def explains(self, record: dict) -> bool:
         if record.get("stage") != self.stage:
@@ -60,8 +81,11 @@ class KnownIssue:
         return re.search(self.exception, text, re.S) is not None
 
     def as_record(self) -> dict:
-        return {"reference": self.reference, "versions": self.versions, "stage": self.stage, "note": self.note,
-                "intermittent": self.intermittent}
+        out = {"reference": self.reference, "versions": self.versions, "stage": self.stage, "note": self.note,
+               "intermittent": self.intermittent}
+        if self.cross:
+            out.update(writer=self.writer or {}, reader=self.reader or {})
+        return out
 
 
 def parse_known_issues(data: dict, source: str = "known_issues.toml") -> list[KnownIssue]:
@@ -76,16 +100,22 @@ def parse_known_issues(data: dict, source: str = "known_issues.toml") -> list[Kn
                 raise KnownIssuesError(f"{where}: field {required!r} is required")
         if entry["stage"] not in STAGES:
             raise KnownIssuesError(f"{where}: stage {entry['stage']!r} is not one of {STAGES}")
-        for package, spec in entry.get("versions", {}).items():
-            try:
-                SpecifierSet(spec)
-            except InvalidSpecifier:
-                raise KnownIssuesError(f"{where}: versions.{package}: not a version specifier: {spec!r}") from None
+        if "versions" in entry and ("writer" in entry or "reader" in entry):
+            raise KnownIssuesError(f"{where}: give `versions` (an own round trip) or `writer` / `reader` (a "
+                                   "cross-version read), not both")
+        for table in ("versions", "writer", "reader"):
+            for package, spec in entry.get(table, {}).items():
+                try:
+                    SpecifierSet(spec)
+                except InvalidSpecifier:
+                    raise KnownIssuesError(f"{where}: {table}.{package}: not a version specifier: {spec!r}") from None
         issues.append(KnownIssue(
             cases=tuple(entry["cases"]), versions=dict(entry.get("versions", {})), stage=entry["stage"],
             reference=entry["reference"], note=entry.get("note", ""), exception=entry.get("exception"),
             devices=tuple(entry.get("devices", DEVICES)), dtypes=tuple(entry.get("dtypes", DTYPES)),
-            intermittent=bool(entry.get("intermittent", False))))
+            intermittent=bool(entry.get("intermittent", False)),
+            writer=dict(entry["writer"]) if "writer" in entry else None,
+            reader=dict(entry["reader"]) if "reader" in entry else None))
     return issues
 
 
@@ -131,7 +161,7 @@ def versions_satisfy(specifiers: dict, versions: dict) -> bool:
 
 def unclassify(record: dict) -> dict:
     """Undo classify, in place: the raw verdict the round trip observed, with no known issue attached."""
-    if record["status"] in ("expected-failure", "fixed"):
+    if record["status"] in statuses.FROM_TABLE:
         if record["status"] == "fixed":
             record["message"] = None
         record["status"] = record.get("observed_status") or statuses.BY_NAME[record["status"]].outcome
@@ -143,16 +173,14 @@ def unclassify(record: dict) -> dict:
 
 def classify(record: dict, issues: list[KnownIssue]) -> dict:
     """Turn a raw verdict into the table's verdict, in place: expected-failure, fixed, or unchanged.
-    The versions are the record's own (record["environment"])."""
+    The versions are the record's own (record["environment"], and record["writer"] for a cross-version read)."""
     if record["status"] not in statuses.CLASSIFIABLE:
         return record
-    versions = record.get("environment") or {}
-    candidates = [k for k in issues
-                  if k.applies_to(record["case_id"], record["device"], record["dtype"], versions)]
+    candidates = [k for k in issues if k.applies_to(record)]
     if not candidates:
         return record
     status = record["status"]
-    if status in ("fail", "error"):
+    if status in statuses.RAW_FAILURES:
         for issue in candidates:
             if issue.explains(record):
                 record["observed_status"] = status

@@ -55,11 +55,17 @@ _ALL = (
 BY_NAME: dict[str, Status] = {s.name: s for s in _ALL}
 RANK: dict[str, int] = {s.name: i for i, s in enumerate(_ALL)}  # display order, most urgent first
 
-# the statuses a record (report.schema.json) may carry; a merged table adds the "matrix" ones
+# the statuses of an own round trip; a record (report.schema.json) may also be a cross-version read; a merged
+# table adds the "matrix" ones
 CELL = tuple(s.name for s in _ALL if s.scope == "cell")
-CROSS = tuple(s.name for s in _ALL if s.scope in ("cell", "cross"))
+RECORD = tuple(s.name for s in _ALL if s.scope in ("cell", "cross"))
 MATRIX = tuple(s.name for s in _ALL)
 RED = tuple(s.name for s in _ALL if s.red)
+# the cell did not run where the status stands: skipped here, or a table's env-failed / missing
+NOT_RUN = tuple(s.name for s in _ALL if s.outcome is None and s.scope in ("cell", "matrix"))
+MATRIX_ONLY = tuple(s.name for s in _ALL if s.scope == "matrix")
+# what pytest reports as skipped: the cell cannot run here (no CUDA) or on these versions
+SKIPS = tuple(s.name for s in _ALL if s.scope == "cell" and s.outcome in (None, "n/a"))
 FAILED = tuple(s.name for s in _ALL if s.outcome == "fail")  # the libraries did not reproduce the logits
 PASSED = tuple(s.name for s in _ALL if s.outcome == "pass")
 # what a raw round trip yields before the known-issues table is applied (crashed/timeout come from isolation)
@@ -68,6 +74,8 @@ RAW = ("pass", "fail", "error", "skipped", "not-applicable")
 STAGES = ("build", "adapt", "save", "load", "forward", "compare")
 # the raw verdicts that the known-issues table may turn into expected-failure (fail, error) or fixed (pass)
 CLASSIFIABLE = ("pass", "fail", "error")
+RAW_FAILURES = ("fail", "error")
+FROM_TABLE = ("expected-failure", "fixed")  # the verdicts the known-issues table gives
 
 
 def is_red(status: str) -> bool:

@@ -1,0 +1,99 @@
+"""Read side of the cross-version table: this release loads what another release wrote.
+
+For one artifact (a writer's cell) and the reader's case of the same id:
+  build    the writer's base checkpoint loads here (from_pretrained, the case's load kwargs and steps) and
+           computes the writer's base logits; otherwise the cell is "base-incompatible": the model itself
+           does not carry over, which says nothing about the adapter (reported, never hidden);
+  load     the case's load mode reads what the writer saved, onto that base;
+  forward, compare   the writer's logits before saving must come out again, within the cell's tolerance.
+The writer proved its adapter moves the logits by more than ten tolerances, so a reader that drops a config
+field, a tensor or a module and computes something else fails at compare; it never passes.
+The record is raw (pass / fail / error / base-incompatible / skipped / not-applicable) with a `writer` block;
+the running layer classifies it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from harness.artifacts.store import read_manifest, verify
+from harness.roundtrip.cell import (LoadContext, Stages, applicability, forward_logits, inputs_on, load_and_compare,
+                                    load_base, max_abs_diff, new_record, record_failure, torch_dtype)
+from harness.roundtrip.errors import CheckFailed
+
+
+class BaseIncompatible(CheckFailed):
+    """The writer's base checkpoint does not load here, or computes other logits here."""
+
+
+def writer_block(manifest: dict) -> dict:
+    """What a cross-version record says about its writer: versions and its own verdict of the cell."""
+    return {**manifest["writer"], "verdict": manifest["writer_verdict"]}
+
+
+def dropped_config_fields(manifest: dict, adapter_type: str) -> list[str] | None:
+    """Keys of the saved adapter_config.json that the reader's config class does not know: the reader drops
+    or rejects them. None when the reader's peft has no such class."""
+    import peft
+
+    config_cls = getattr(peft, adapter_type, None)
+    if config_cls is None or not dataclasses.is_dataclass(config_cls):
+        return None
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    saved = set().union(*manifest["adapter_config_keys"].values()) if manifest["adapter_config_keys"] else set()
+    return sorted(saved - known)
+
+
+def read_cell(case, cell_dir: str, *, manifest: dict | None = None, on_stage=None) -> dict:
+    """Read one artifact (a cell folder of a writer) with the reader's case `case` and return the raw record."""
+    manifest = manifest or read_manifest(cell_dir)
+    writer_dir = os.path.dirname(os.path.dirname(cell_dir))
+    device, dtype = manifest["device"], manifest["dtype"]
+    record = new_record(case, device, dtype)
+    record["writer"] = writer_block(manifest)
+    skip = applicability(case, device)
+    if skip:
+        record["status"], record["message"] = skip
+        return record
+    record["dropped_config_fields"] = dropped_config_fields(manifest, case.adapter_type)
+    run = Stages(record, on_stage)
+    try:
+        _read_stages(run, case, manifest, writer_dir)
+        record["stage"] = None
+        record["status"] = "pass"
+    except BaseIncompatible as exc:
+        record["status"], record["exception_type"], record["message"] = "base-incompatible", "BaseIncompatible", str(exc)
+    except Exception as exc:  # any library exception is the cell's verdict, with its stage
+        record_failure(record, exc)
+    return record
+
+
+def _read_stages(run: Stages, case, manifest: dict, writer_dir: str) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    record = run.record
+    load_dev = "cuda" if record["device"] == "cuda" else "cpu"
+    base_dir = os.path.join(writer_dir, manifest["base"])
+    with run.stage("build"):
+        bad = verify(writer_dir, manifest)
+        if bad:
+            raise RuntimeError(f"the artifact of {manifest['cell_id']} in {writer_dir} is damaged: {', '.join(bad[:5])}")
+        tensors = load_file(os.path.join(writer_dir, manifest["tensors"]))
+        inputs = {k[len("input."):]: v for k, v in tensors.items() if k.startswith("input.")}
+        try:
+            base = load_base(case, base_dir, load_dev, record["dtype"])
+            base_logits = forward_logits(base, inputs_on(inputs, load_dev, torch_dtype(record["dtype"])))
+        except Exception as exc:
+            raise BaseIncompatible(f"the writer's base checkpoint does not load here: {type(exc).__name__}: "
+                                   f"{str(exc)[:500]}") from exc
+        del base
+        expected = tensors["logits.base"]
+        diff = max_abs_diff(base_logits, expected)
+        if not diff <= record["tolerance"]:
+            raise BaseIncompatible(f"the writer's base checkpoint loads here but computes other logits (max abs "
+                                   f"diff {diff:.3g} > tolerance {record['tolerance']:.3g}): not the adapter's doing")
+    ctx = LoadContext(case, base_dir, load_dev, record["dtype"])
+    load_and_compare(run, ctx, os.path.join(writer_dir, manifest["saved"]), inputs, tensors["logits.adapted"])

@@ -1,0 +1,224 @@
+"""The cross-version table: artifacts written by one environment, read by another.
+
+Every new status is made to happen with the real libraries. What another release does differently is
+reproduced on the artifact itself, as that release would have written or read it: a module renamed in the
+saved tensors (the reader finds no module for them and computes something else), target modules the
+reader's base does not have (the load is rejected), a base checkpoint the reader cannot load or that
+computes other logits. The manifest's checksums are updated, so the artifact is intact, just different.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from harness import load_case_file
+from harness.artifacts.read import read_cell
+from harness.artifacts.store import cell_dirs, read_manifest, sha256, verify, writers
+from harness.reporting.crosstable import build_cross, direction
+from harness.reporting.report import read_report
+from harness.running.cli import main
+from harness.running.crossread import choose_writers
+from harness.running.isolation import CellRunner
+
+
+@pytest.fixture
+def written(write_case, tmp_path, monkeypatch):
+    """One BERT + LoRA cell, run and kept as an artifact under tmp/artifacts/writer-a/."""
+    monkeypatch.setenv("TOX_ENV_NAME", "writer-a")
+    case = load_case_file(write_case(devices=["cpu"]))
+    root = tmp_path / "artifacts"
+    runner = CellRunner(isolate=False, known_issues=[], artifacts=str(root))
+    try:
+        record = runner.run(case, "cpu", "fp32")
+    finally:
+        runner.close()
+    assert record["status"] == "pass"
+    [cell] = cell_dirs(writers(str(root))["writer-a"])
+    return case, cell
+
+
+def _rewrite(cell_dir: str, rel: str, change) -> None:
+    """Change one file of an artifact and record its new checksum in the manifest (an intact artifact)."""
+    writer_dir = os.path.dirname(os.path.dirname(cell_dir))
+    path = os.path.join(writer_dir, rel)
+    change(path)
+    manifest_path = os.path.join(cell_dir, "manifest.json")
+    manifest = json.loads(open(manifest_path).read())
+    manifest["files"][rel] = sha256(path)
+    open(manifest_path, "w").write(json.dumps(manifest))
+    assert verify(writer_dir, read_manifest(cell_dir)) == []
+
+
+def _saved(manifest: dict, name: str) -> str:
+    return os.path.join(manifest["saved"], name)
+
+
+def _rename_tensors(path: str, old: str, new: str) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path)
+    save_file({k.replace(old, new): v for k, v in tensors.items()}, path, metadata={"format": "pt"})
+
+
+def test_the_manifest_names_versions_modes_files_and_config_keys(written):
+    case, cell = written
+    manifest = read_manifest(cell)
+    assert manifest["cell_id"] == "bert_classifier-lora-test[cpu-fp32]"
+    assert manifest["writer"]["name"] == "writer-a" and manifest["writer"]["peft"]
+    assert manifest["save_mode"] == "peft_safetensors" and manifest["writer_verdict"]["status"] == "pass"
+    assert "adapter_config.json" in manifest["adapter_config_keys"]
+    assert "target_modules" in manifest["adapter_config_keys"]["adapter_config.json"]
+    assert any(rel.endswith("adapter_model.safetensors") for rel in manifest["files"])
+    assert any(rel.startswith("bases/") and rel.endswith("model.safetensors") for rel in manifest["files"])
+    assert not any(rel.endswith((".pt", ".bin", ".pkl")) for rel in manifest["files"])  # nothing pickled
+
+
+def test_an_intact_artifact_read_by_the_same_release_passes(written):
+    case, cell = written
+    record = read_cell(case, cell)
+    assert record["status"] == "pass", record["message"]
+    assert record["max_abs_diff"] <= record["tolerance"]
+    assert record["writer"]["name"] == "writer-a" and record["dropped_config_fields"] == []
+
+
+def test_a_reader_that_loses_a_tensor_fails_at_compare(written):
+    """The saved LoRA tensors of the 'value' projections carry another module name, as after a rename in
+    the model code: the reader loads the rest and silently drops them. It must come out as fail, not pass."""
+    case, cell = written
+    manifest = read_manifest(cell)
+    _rewrite(cell, _saved(manifest, "adapter_model.safetensors"),
+             lambda p: _rename_tensors(p, "attention.self.value", "attention.self.value_renamed"))
+    record = read_cell(case, cell)
+    assert record["status"] == "fail" and record["stage"] == "compare", record
+    assert record["max_abs_diff"] > record["tolerance"]
+
+
+def test_a_config_the_reader_rejects_is_an_error_at_load(written):
+    """The saved config targets modules that the reader's base does not have (ViT's q_proj after the
+    transformers 5 rename, read by 4.x): the load raises, with its stage."""
+    case, cell = written
+    manifest = read_manifest(cell)
+
+    def retarget(path):
+        config = json.loads(open(path).read())
+        config["target_modules"] = ["q_proj", "v_proj"]
+        open(path, "w").write(json.dumps(config))
+
+    _rewrite(cell, _saved(manifest, "adapter_config.json"), retarget)
+    record = read_cell(case, cell)
+    assert record["status"] == "error" and record["stage"] == "load", record
+    assert "q_proj" in record["message"] or "v_proj" in record["message"]
+
+
+def test_a_config_field_the_reader_does_not_know_is_recorded(written):
+    case, cell = written
+    manifest = read_manifest(cell)
+
+    def add_field(path):
+        config = json.loads(open(path).read())
+        config["a_field_from_the_future"] = 3
+        open(path, "w").write(json.dumps(config))
+
+    _rewrite(cell, _saved(manifest, "adapter_config.json"), add_field)
+    manifest = read_manifest(cell)
+    manifest["adapter_config_keys"]["adapter_config.json"].append("a_field_from_the_future")
+    open(os.path.join(cell, "manifest.json"), "w").write(json.dumps(manifest))
+    record = read_cell(case, cell)
+    assert record["dropped_config_fields"] == ["a_field_from_the_future"]
+    assert record["status"] in ("pass", "error")  # dropped with a warning (newer peft) or rejected (older)
+
+
+def test_a_base_that_does_not_load_here_is_base_incompatible(written):
+    case, cell = written
+    manifest = read_manifest(cell)
+
+    def unknown_architecture(path):
+        config = json.loads(open(path).read())
+        config["hidden_size"] = 48  # the saved weights no longer fit the model the config describes
+        open(path, "w").write(json.dumps(config))
+
+    _rewrite(cell, os.path.join(manifest["base"], "config.json"), unknown_architecture)
+    record = read_cell(case, cell)
+    assert record["status"] == "base-incompatible" and record["stage"] == "build", record
+    assert "does not load here" in record["message"]
+
+
+def test_a_base_that_computes_other_logits_is_base_incompatible(written):
+    """Weights under names the reader does not know are left at random init (as a renamed module would be):
+    the base loads, but its logits differ from the writer's before any adapter is involved."""
+    case, cell = written
+    manifest = read_manifest(cell)
+    _rewrite(cell, os.path.join(manifest["base"], "model.safetensors"),
+             lambda p: _rename_tensors(p, "attention.output.dense", "attention.output.renamed"))
+    record = read_cell(case, cell)
+    assert record["status"] == "base-incompatible", record
+    assert "computes other logits" in record["message"]
+
+
+def test_a_damaged_artifact_is_never_read_as_good(written):
+    case, cell = written
+    manifest = read_manifest(cell)
+    path = os.path.join(os.path.dirname(os.path.dirname(cell)), _saved(manifest, "adapter_model.safetensors"))
+    with open(path, "r+b") as fh:
+        fh.seek(-8, os.SEEK_END)
+        fh.write(b"\0" * 8)
+    record = read_cell(case, cell)
+    assert record["status"] == "error" and "damaged" in record["message"]
+
+
+def test_write_then_read_through_the_cli(write_case, case_dir, tmp_path, monkeypatch):
+    """run --artifacts in one environment, read in another (here: both in isolated workers), merge: the
+    cross table has the square, the grid counts and a record per (writer, reader, cell)."""
+    write_case(devices=["cpu"])
+    write_case(name="two", id="bert_classifier-lora-two", devices=["cpu"],
+               save={"mode": "peft_pickle"})
+    root, reports = tmp_path / "artifacts", tmp_path / "reports"
+    monkeypatch.setenv("TOX_ENV_NAME", "peft021-tf523")
+    assert main(["run", "-q", "--cases", str(case_dir), "--out", str(reports / "peft021-tf523.json"),
+                 "--artifacts", str(root)]) == 0
+    monkeypatch.setenv("TOX_ENV_NAME", "peft021-tf523-read")
+    assert main(["read", "-q", str(root), "--cases", str(case_dir),
+                 "--out", str(reports / "cross" / "peft021-tf523.json")]) == 0
+    report = read_report(str(reports / "cross" / "peft021-tf523.json"))
+    assert report["phase"] == "read" and report["complete"]
+    assert sorted((c["writer"]["name"], c["cell_id"], c["status"]) for c in report["cells"]) == [
+        ("peft021-tf523", "bert_classifier-lora-test[cpu-fp32]", "pass"),
+        ("peft021-tf523", "bert_classifier-lora-two[cpu-fp32]", "pass")]
+    assert main(["merge", str(reports), "--out", str(reports / "compat.json")]) == 0
+    cross = json.loads((reports / "cross.json").read_text())
+    assert cross["grid"] == [{"writer": "peft021-tf523", "reader": "peft021-tf523", "direction": "same",
+                              "total": 2, "counts": {"pass": 2}}]
+    assert "| `peft021-tf523` |" in (reports / "cross.md").read_text()
+
+
+def test_readers_read_the_oldest_the_newest_their_neighbours_and_themselves():
+    names = ["a07", "b09", "c12", "d15", "e18", "f21"]
+    versions = {n: {"peft": f"0.{n[1:]}.0", "transformers": "4.40.0"} for n in names}
+    assert choose_writers(versions, "d15", versions["d15"], "neighbours") == ["a07", "c12", "d15", "e18", "f21"]
+    assert choose_writers(versions, "a07", versions["a07"], "neighbours") == ["a07", "b09", "f21"]
+    assert choose_writers(versions, "x", {"peft": "0.13.0", "transformers": "4.40.0"}, "neighbours") == [
+        "a07", "c12", "d15", "f21"]
+    assert choose_writers(versions, "d15", versions["d15"], "all") == names
+
+
+def test_direction_says_who_reads_whom():
+    old, new = {"peft": "0.8.2", "transformers": "4.38.2"}, {"peft": "0.21.2", "transformers": "5.23.0"}
+    assert direction(old, new) == "backward" and direction(new, old) == "forward" and direction(old, old) == "same"
+
+
+def test_findings_tell_loud_from_silent(tmp_path):
+    def cell(status, writer, observed=None, stage=None):
+        return {"cell_id": f"c-{status}[cpu-fp32]", "case_id": f"c-{status}", "status": status,
+                "observed_status": observed, "stage": stage, "message": "m", "exception_type": None,
+                "writer": {"name": writer, "peft": "0.8.2" if writer == "old" else "0.21.2",
+                           "transformers": "4.38.2", "verdict": {"status": "pass"}}}
+
+    report = {"environment": {"tox_env": "new-read", "peft": "0.21.2", "transformers": "4.38.2"},
+              "cells": [cell("fail", "old", stage="compare"), cell("error", "old", stage="load"),
+                        cell("pass", "new")]}
+    table = build_cross([("x.json", report)])
+    [finding] = table["findings"]
+    assert (finding["writer"], finding["reader"], finding["direction"]) == ("old", "new", "backward")
+    assert (finding["loud"], finding["silent"], finding["unexpected"]) == (1, 1, 2)

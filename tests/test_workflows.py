@@ -79,6 +79,14 @@ def test_nightly_is_scheduled_dispatchable_and_derives_its_matrix_from_tox():
     assert set(jobs["merge"]["needs"]) >= {"matrix", "gpu"} and "always()" in jobs["merge"]["if"]
     assert "python -m harness merge" in merge_runs and "GITHUB_STEP_SUMMARY" in merge_runs
     assert "gh run download" in merge_runs and "python -m harness diff" in merge_runs and "--markdown" in merge_runs
+    read = jobs["read"]  # one reader job per env: every env's artifacts, every pair
+    assert read["strategy"]["matrix"]["env"] == "${{ fromJSON(needs.envs.outputs.envs) }}"
+    assert "matrix" in read["needs"] and "read" in jobs["merge"]["needs"]
+    read_steps = read["steps"]
+    assert any("artifacts-*" == s.get("with", {}).get("pattern") for s in read_steps)
+    assert '-read" -- --pairs all' in "".join(s.get("run", "") for s in read_steps)
+    assert any(s.get("with", {}).get("name") == "artifacts-${{ matrix.env }}" for s in jobs["matrix"]["steps"])
+    assert "cross.md" in merge_runs and "previous/cross.json" in merge_runs
     gpu = jobs["gpu"]
     assert "self-hosted" in gpu["runs-on"] and "vars.GPU_RUNNER_LABEL" in gpu["if"]
     assert "--device cuda" in "".join(s.get("run", "") for s in gpu["steps"])

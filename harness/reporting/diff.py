@@ -12,10 +12,20 @@ import json
 import sys
 
 from harness.reporting.merge import MATRIX_KIND, MatrixError, build_matrix, read_matrix
+from harness.reporting.crosstable import KIND as CROSS_KIND
+from harness.reporting.crosstable import CrossTableError, read_cross
 from harness.reporting.report import ReportError, read_report
 from harness.specs import statuses
 
 SINGLE = "(report)"
+
+
+def cross_as_matrix(table: dict) -> dict:
+    """A cross-version table in the matrix's shape: one column per (writer, reader) pair, "writer->reader"."""
+    pairs = [f"{s['writer']}->{s['reader']}" for s in table["grid"]]
+    rows = [{"cell_id": row["cell_id"],
+             "entries": {f"{e['writer']}->{e['reader']}": e for e in row["entries"]}} for row in table["cells"]]
+    return {"environments": [{"name": name, "state": "ok"} for name in pairs], "cells": rows}
 
 
 def _bad(status: str) -> bool:
@@ -33,6 +43,8 @@ def load_side(path: str) -> dict:
         kind = None  # let the reader below say what is wrong, with the path
     if kind == MATRIX_KIND:
         return read_matrix(path)
+    if kind == CROSS_KIND:
+        return cross_as_matrix(read_cross(path))
     report = read_report(path)
     matrix = build_matrix([(path, report)])
     matrix["_single"] = True
@@ -163,7 +175,7 @@ def main(argv=None) -> int:
 def main_args(args) -> int:
     try:
         return run(args)
-    except (ReportError, MatrixError) as exc:
+    except (ReportError, MatrixError, CrossTableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

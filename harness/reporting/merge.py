@@ -29,6 +29,8 @@ from importlib import resources
 
 from packaging.version import InvalidVersion, Version
 
+from harness.reporting.crosstable import CrossTableError
+from harness.reporting.crosstable import bad_entries as cross_bad_entries
 from harness.reporting.report import ReportError, read_json, read_report, validate_report, write_json_atomic
 from harness.reporting.since_when import since_analysis
 from harness.specs import statuses
@@ -307,6 +309,14 @@ def known_issue_usage(reports: list[tuple[str, dict]], issues, env_order=()) -> 
 
 def merge_files(inputs, out: str, expected_envs=(), render: bool = True, known_issues_path=None,
                 reclassify_cells: bool = False) -> dict:
+    """Merge the reports into the matrix at `out` (and the cross-version table beside it); the matrix."""
+    return merge_all(inputs, out, expected_envs, render, known_issues_path, reclassify_cells)[0]
+
+
+def merge_all(inputs, out: str, expected_envs=(), render: bool = True, known_issues_path=None,
+              reclassify_cells: bool = False) -> tuple[dict, dict | None]:
+    """(matrix, cross-version table or None): the own round trips' reports -> `out`; the read reports ->
+    cross.json next to it."""
     from harness.specs.known_issues import load_known_issues
 
     paths = report_paths(inputs, out)
@@ -317,10 +327,12 @@ def merge_files(inputs, out: str, expected_envs=(), render: bool = True, known_i
             reclassify(report, issues)
     own = [(path, report) for path, report in reports if report.get("phase", "roundtrip") == "roundtrip"]
     reads = [(path, report) for path, report in reports if report.get("phase") == "read"]
+    cross = None
     if reads:  # the cross-version table: cross.json (+ .md) next to the matrix
         from harness.reporting.crosstable import build_cross, write_cross
 
-        write_cross(build_cross(reads), cross_path(out))
+        cross = build_cross(reads)
+        write_cross(cross, cross_path(out))
     matrix = build_matrix(own, expected_envs, issues, usage_reports=reports)
     validate_matrix(matrix, out)
     write_json_atomic(out, matrix)
@@ -330,7 +342,7 @@ def merge_files(inputs, out: str, expected_envs=(), render: bool = True, known_i
         base = os.path.splitext(out)[0]
         write_markdown(matrix, base + ".md")
         write_html(matrix, base + ".html")
-    return matrix
+    return matrix, cross
 
 
 def bad_entries(matrix: dict) -> list[tuple[str, str, str]]:
@@ -369,8 +381,8 @@ def run(args) -> int:
     expected = list(args.expect)
     if args.expect_from_tox:
         expected += tox_env_names(".")
-    matrix = merge_files(args.inputs, args.out, expected, render=not args.no_render,
-                         known_issues_path=args.known_issues, reclassify_cells=args.reclassify)
+    matrix, cross = merge_all(args.inputs, args.out, expected, render=not args.no_render,
+                              known_issues_path=args.known_issues, reclassify_cells=args.reclassify)
     failed_envs = [e["name"] for e in matrix["environments"] if e["state"] == "env-failed"]
     bad = bad_entries(matrix)
     print(f"{len(matrix['cells'])} cells x {len(matrix['environments'])} environments -> {args.out}"
@@ -396,7 +408,7 @@ def main(argv=None) -> int:
 def main_args(args) -> int:
     try:
         return run(args)
-    except (ReportError, MatrixError) as exc:
+    except (ReportError, MatrixError, CrossTableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except subprocess.CalledProcessError as exc:

@@ -58,6 +58,7 @@ def drive(args, jobs: list[Job], *, phase: str = "roundtrip", artifacts: str | N
     """Run the jobs with a progress display, keeping the report at args.out valid all along (resume,
     checkpoints, SIGINT / SIGTERM). Returns (records, why it was interrupted or None, exit code then)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from harness.roundtrip.environment import environment
@@ -80,13 +81,13 @@ def drive(args, jobs: list[Job], *, phase: str = "roundtrip", artifacts: str | N
         task = progress.add_task("cells", total=len(todo), counts="")
         try:
             for job in todo:
-                progress.update(task, description=job.label)
+                progress.update(task, description=escape(job.label))
                 record = runner.run(job.case, job.device, job.dtype, read=job.read)
                 checkpoints.add(record)
                 counts[record["status"]] += 1
                 if statuses.is_red(record["status"]):
-                    progress.console.print(f"[red]{record['status']}[/red] {job.label} "
-                                           f"stage={record['stage']}: {(record['message'] or '')[:160]}",
+                    progress.console.print(f"[red]{record['status']}[/red] {escape(job.label)} "
+                                           f"stage={record['stage']}: {escape((record['message'] or '')[:160])}",
                                            highlight=False)
                 progress.update(task, advance=1, counts=summary.counts_line(counts))
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see harness/running/checkpoints.py)
@@ -117,6 +118,13 @@ def cmd_run(args) -> int:
     known = load_known_issues(args.known_issues)
     jobs = [Job(cell_id(c.id, d, t), c, d, t) for c, d, t in select_cells(cases, args.device, args.match,
                                                                               full=not args.fast)]
+    if args.artifacts and not args.resume:  # this env's artifacts of an earlier run must not mix with the new ones
+        import shutil
+
+        from harness.artifacts.store import writer_name
+        from harness.roundtrip.environment import environment
+
+        shutil.rmtree(os.path.join(args.artifacts, writer_name(environment("cpu"))), ignore_errors=True)
     records, interrupted, exit_code = drive(args, jobs, artifacts=args.artifacts, known=known)
     if args.table:
         from harness.reporting.merge import merge_files

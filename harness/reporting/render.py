@@ -4,9 +4,9 @@ self-contained static HTML page (reports/compat.html: no external file, no netwo
 The HTML table is rendered here, complete, so the page reads without JavaScript; a small inline script adds
 sorting (click a column header) and filters (model family, adapter, status, free text). The page's template,
 style sheet and script are files in assets/ (matrix.html.j2, matrix.css, matrix.js), inlined at render time.
-Only http(s) references become links; any other reference (javascript:, data:, ...) is shown as text. The view state lives
-in the URL fragment, e.g. compat.html#family=vit_224&status=fail&sort=cell&dir=desc, so a filtered view can be
-linked, and a headless browser test can drive it.
+The view state lives in the URL fragment, e.g. compat.html#family=vit_224&status=fail&sort=cell&dir=desc, so a
+filtered view can be linked, and a headless browser test can drive it. Only http(s) references (known issues,
+a case's references) become links; any other (javascript:, data:, ...) is shown as text.
 """
 from __future__ import annotations
 

@@ -97,3 +97,35 @@ def test_every_shipped_failing_cell_is_reproduced_at_its_stage(tmp_path):
         result = run_repro(folder / "repro.py")
         assert result.returncode == 1, folder.name
         assert f"fails at stage '{record['stage']}'" in result.stderr, (folder.name, result.stderr[-2000:])
+
+
+def _pairs():
+    from harness.roundtrip.modes import LOAD_MODES, SAVE_MODES
+
+    return [(s, l) for s in SAVE_MODES for l in LOAD_MODES if SAVE_MODES[s].produces == LOAD_MODES[l].consumes]
+
+
+@pytest.mark.skipif(os.environ.get("PEFT_COMPAT_SLOW") != "1", reason="slow (~10 s per pair): PEFT_COMPAT_SLOW=1")
+@pytest.mark.parametrize("save, load", _pairs())
+def test_the_repro_of_every_save_load_pair_agrees_with_the_harness(save, load, tmp_path):
+    """Each mode's repro snippet does what the mode does: the script passes where the harness's round trip
+    passes, and fails at the same stage where it fails."""
+    from harness.roundtrip.cell import run_roundtrip
+    from harness.roundtrip.check import case_from_dict
+    from harness.roundtrip.modes import SAVE_MODES
+
+    case = case_from_dict({
+        "id": f"bert_classifier-lora-{save}-{load}", "family": "bert_classifier",
+        "adapter": {"type": "LoraConfig", "apply": SAVE_MODES[save].applies[0],
+                    "kwargs": {"r": 4, "lora_alpha": 8, "target_modules": ["query", "value"]}},
+        "save": {"mode": save}, "load": {"mode": load}})
+    record = run_roundtrip(case, "cpu", "fp32")
+    assert record["status"] in ("pass", "fail", "error"), record
+    path = tmp_path / "repro.py"
+    path.write_text(repro_script(case, record))
+    result = run_repro(path)
+    if record["status"] == "pass":
+        assert result.returncode == 0 and "NOT REPRODUCED" in result.stdout, result.stderr[-2000:]
+    else:
+        assert result.returncode == 1, result.stdout
+        assert f"fails at stage '{record['stage']}'" in result.stderr, (record["message"], result.stderr[-2000:])

@@ -165,3 +165,96 @@ def test_browser_on_a_page_from_real_cells(tmp_path):
     assert int(everything.count) == len(everything.rows) == 5  # pickle + safetensors (fp32, bf16), bias_all
     rows = dump_dom(page, "status=expected-failure")
     assert visible(rows) == ["bert_classifier-lora-bias_all-add_adapter[cpu-fp32]"]
+
+
+# --- references: only http(s) becomes a link ------------------------------------------------------------------
+
+HOSTILE = ["javascript:alert(document.domain)", "JavaScript:alert(1)", " javascript:alert(1)",
+           "data:text/html,<script>alert(1)</script>", "vbscript:msgbox(1)", "file:///etc/passwd",
+           "//evil.example/x", "https://ok.example/a\" onmouseover=\"alert(1)", "java\tscript:alert(1)"]
+GOOD = ["https://github.com/huggingface/peft/issues/2099", "http://example.org/issue?id=1&x=2"]
+
+
+class Anchors(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.hrefs, self.handlers = [], []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "a":
+            self.hrefs.append(a.get("href"))
+        self.handlers += [k for k in a if k.startswith("on")]
+
+
+@pytest.fixture(scope="module")
+def hostile_page(tmp_path_factory):
+    """A page whose case references and known-issue references are hostile URLs, merged like real reports."""
+    d = tmp_path_factory.mktemp("hostile")
+    for i, env in enumerate(("peft014-tf447", "peft021-tf523")):
+        doc = report(env, "0.14.0", "4.47.1", {BERT: "expected-failure", VIT: "pass"})
+        for cell in doc["cells"]:
+            cell["references"] = HOSTILE + GOOD
+            if cell["known_issue"]:
+                cell["known_issue"]["reference"] = HOSTILE[i]
+        write(d / f"{env}.json", doc)
+    matrix = hmerge.merge_files([str(d)], str(d / "compat.json"))
+    return matrix, d / "compat.html"
+
+
+def test_only_http_references_become_links_the_others_stay_text(hostile_page):
+    matrix, html_file = hostile_page
+    text = html_file.read_text()
+    anchors = Anchors()
+    anchors.feed(text)
+    assert sorted(set(anchors.hrefs)) == sorted(GOOD)  # every link is http(s); every good reference is one
+    assert anchors.handlers == []  # no quote in a reference opens an attribute
+    assert "javascript:alert(document.domain)" in text and "JavaScript:alert(1)" in text  # shown, as text
+    assert "data:text/html,&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "<script>alert(1)" not in text
+
+
+@pytest.mark.parametrize("url, link", [(u, False) for u in HOSTILE + ["", None, "https://", "https:x", "ftp://x"]]
+                         + [(u, True) for u in GOOD + ["HTTPS://EXAMPLE.ORG"]])
+def test_is_web_url(url, link):
+    from harness.reporting.render import is_web_url
+
+    assert is_web_url(url) is link
+
+
+def test_assets_are_inlined_and_name_only_known_statuses():
+    from harness.reporting.render import asset
+    from harness.specs.statuses import BY_NAME
+
+    css = asset("matrix.css")
+    assert set(re.findall(r"\.st-([a-z-]+)", css)) <= set(BY_NAME)  # a renamed status would lose its colour
+    assert set(re.findall(r"getElementById\('([\w-]+)'\)", asset("matrix.js"))) <= set(
+        re.findall(r'id="([\w-]+)"', asset("matrix.html.j2")))  # every element the script uses is on the page
+
+
+def test_an_asset_with_its_closing_tag_is_refused(monkeypatch):
+    from harness.reporting import render
+
+    real = render.asset
+    monkeypatch.setattr(render, "asset", lambda name: real(name) + ("</SCRIPT>" if name == "matrix.js" else ""))
+    with pytest.raises(ValueError, match="</script"):
+        render._inline("matrix.js", "script")
+
+
+@needs_chromium
+def test_browser_hostile_references_are_not_links(hostile_page):
+    """The DOM after the script ran: the only links are the http(s) references."""
+    _, html_file = hostile_page
+    profile = tempfile.mkdtemp(prefix="peft-compat-chromium-")
+    try:
+        proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                               "--disable-background-networking", "--disable-component-update",
+                               f"--user-data-dir={profile}", "--virtual-time-budget=3000", "--dump-dom",
+                               html_file.as_uri()], capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    anchors = Anchors()
+    anchors.feed(proc.stdout)
+    assert anchors.hrefs and all(h.lower().startswith(("http://", "https://")) for h in anchors.hrefs)
+    assert 'data-ready="yes"' in proc.stdout

@@ -118,3 +118,24 @@ def test_the_env_list_step_produces_the_matrix_json(tmp_path):
     envs = json.loads(outputs["envs"])
     assert len(envs) >= 8 and all(re.match(r"^peft\d+-tf\d+$", e) for e in envs)
     assert outputs["newest"] == envs[-1] == "peft021-tf523"
+
+
+# What `python -m harness merge` imports beyond the standard library when it runs from a bare checkout (the jobs
+# that merge install these, not the project): the schemas, version specifiers, the HTML page's template.
+MERGE_NEEDS = {"jsonschema", "packaging", "jinja2"}
+
+
+def test_jobs_that_merge_from_a_checkout_install_what_the_merge_imports():
+    checked = 0
+    for path in FILES:
+        for name, job in _yaml(path)["jobs"].items():
+            runs = [s.get("run", "") for s in job.get("steps", [])]
+            installs = [line for run in runs for line in run.splitlines() if "pip install" in line]
+            merges = [line for run in runs for line in run.splitlines()
+                      if "python -m harness merge" in line and "--stub" not in line]
+            if not merges or any(" -e " in line for line in installs):
+                continue
+            checked += 1
+            words = {w.strip("\"'") for line in installs for w in line.split()}
+            assert MERGE_NEEDS <= words, f"{path.name}: job {name} runs `harness merge` without {MERGE_NEEDS - words}"
+    assert checked >= 2  # the PR job's oldest/newest merge and the nightly merge

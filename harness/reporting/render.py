@@ -2,14 +2,18 @@
 self-contained static HTML page (reports/compat.html: no external file, no network).
 
 The HTML table is rendered here, complete, so the page reads without JavaScript; a small inline script adds
-sorting (click a column header) and filters (model family, adapter, status, free text). The view state lives
-in the URL fragment, e.g. compat.html#family=vit_224&status=fail&sort=cell&dir=desc, so a filtered view can be
-linked, and a headless browser test can drive it.
+sorting (click a column header) and filters (model family, adapter, status, free text). The page's template,
+style sheet and script are files in assets/ (matrix.html.j2, matrix.css, matrix.js), inlined at render time.
+The view state lives in the URL fragment, e.g. compat.html#family=vit_224&status=fail&sort=cell&dir=desc, so a
+filtered view can be linked, and a headless browser test can drive it. Only http(s) references (known issues,
+a case's references) become links; any other (javascript:, data:, ...) is shown as text.
 """
 from __future__ import annotations
 
-import html
-import json
+import re
+from functools import lru_cache
+from importlib import resources
+from urllib.parse import urlsplit
 
 from harness.specs import statuses
 
@@ -134,175 +138,79 @@ def write_markdown(matrix: dict, path: str) -> None:
 
 
 # --- HTML ------------------------------------------------------------------------------------------------------
+# The page is assets/matrix.html.j2 (Jinja2, autoescape on) with assets/matrix.css and assets/matrix.js inlined:
+# one file that works offline. This module only prepares the values the template shows.
 
-CSS = """
-body{font:14px/1.4 system-ui,sans-serif;margin:1em;color:#222}
-table{border-collapse:collapse;font-size:12px}
-th,td{border:1px solid #ccc;padding:3px 5px;vertical-align:top}
-th{background:#f4f4f4;position:sticky;top:0;cursor:pointer;user-select:none}
-th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
-td.st-pass{background:#e6f6e6}td.st-fail,td.st-error,td.st-crashed,td.st-timeout{background:#fbe1e1}
-td.st-fixed{background:#ffd27f}td.st-expected-failure{background:#fff4c2}td.st-env-failed{background:#e8d5f5}
-td.st-skipped,td.st-not-applicable,td.st-missing{background:#f7f7f7;color:#888}
-details summary{cursor:pointer}details pre{white-space:pre-wrap;max-width:40em;font-size:11px}
-.controls label{margin-right:1em}.envfailed{color:#7a1fa2}.muted{color:#777}
-tr[hidden]{display:none}
-"""
-
-JS = r"""
-(function(){
-  const table = document.getElementById('matrix');
-  const tbody = table.tBodies[0];
-  const rows = Array.from(tbody.rows);
-  const rank = JSON.parse(document.getElementById('status-rank').textContent);
-  const ctl = {family: document.getElementById('f-family'), adapter: document.getElementById('f-adapter'),
-               status: document.getElementById('f-status'), q: document.getElementById('f-q')};
-  let state = {family: '', adapter: '', status: '', q: '', sort: '', dir: 'asc'};
-  function readHash(){
-    const p = new URLSearchParams(location.hash.replace(/^#/, ''));
-    for (const k of Object.keys(state)) { if (p.has(k)) state[k] = p.get(k); }
-    if (state.dir !== 'desc') state.dir = 'asc';
-    for (const k of ['family','adapter','status','q']) ctl[k].value = state[k];
-  }
-  function writeHash(){
-    const p = new URLSearchParams();
-    for (const [k,v] of Object.entries(state)) { if (v && !(k === 'dir' && v === 'asc')) p.set(k, v); }
-    const h = p.toString();
-    history.replaceState(null, '', h ? '#' + h : location.pathname + location.search);
-  }
-  function key(row, col){
-    if (col.startsWith('env:')) {
-      const td = row.querySelector('td[data-env="' + CSS.escape(col.slice(4)) + '"]');
-      const s = td ? td.dataset.status : '';
-      return [s in rank ? rank[s] : 99, row.dataset.cell];
-    }
-    return [row.dataset[col] || '', row.dataset.cell];
-  }
-  function cmp(a, b){ for (let i = 0; i < a.length; i++){ if (a[i] < b[i]) return -1; if (a[i] > b[i]) return 1; } return 0; }
-  function apply(){
-    const q = state.q.toLowerCase();
-    let shown = 0;
-    for (const row of rows){
-      const ok = (!state.family || row.dataset.family === state.family)
-        && (!state.adapter || row.dataset.adapter === state.adapter)
-        && (!state.status || row.dataset.statuses.split(' ').includes(state.status))
-        && (!q || row.textContent.toLowerCase().includes(q));
-      row.hidden = !ok; if (ok) shown++;
-    }
-    let ordered = rows.slice();
-    if (state.sort){
-      ordered.sort((a, b) => cmp(key(a, state.sort), key(b, state.sort)));
-      if (state.dir === 'desc') ordered.reverse();
-    }
-    for (const row of ordered) tbody.appendChild(row);
-    for (const th of table.tHead.rows[0].cells){
-      th.setAttribute('aria-sort', th.dataset.col === state.sort ? (state.dir === 'desc' ? 'descending' : 'ascending') : 'none');
-    }
-    const count = document.getElementById('count');
-    count.textContent = shown + ' of ' + rows.length + ' rows shown';
-    count.dataset.shown = String(shown);
-    document.body.dataset.ready = 'yes';
-    writeHash();
-  }
-  for (const k of ['family','adapter','status']) ctl[k].addEventListener('change', () => { state[k] = ctl[k].value; apply(); });
-  ctl.q.addEventListener('input', () => { state.q = ctl.q.value; apply(); });
-  for (const th of table.tHead.rows[0].cells){
-    th.addEventListener('click', () => {
-      const col = th.dataset.col;
-      if (state.sort === col) state.dir = state.dir === 'asc' ? 'desc' : 'asc'; else { state.sort = col; state.dir = 'asc'; }
-      apply();
-    });
-  }
-  window.addEventListener('hashchange', () => { readHash(); apply(); });
-  readHash(); apply();
-})();
-"""
+ASSETS = "assets"
+WEB_URL = re.compile(r"https?://[^\s<>\"'`\\]+", re.IGNORECASE)
 
 
-def _e(text) -> str:
-    return html.escape(str(text if text is not None else ""), quote=True)
+def is_web_url(value) -> bool:
+    """Whether a reference may become a link: an http(s) URL, nothing else (no javascript:, data:, file:)."""
+    return isinstance(value, str) and WEB_URL.fullmatch(value) is not None and bool(urlsplit(value).netloc)
 
 
-def _options(values) -> str:
-    return "".join(f'<option value="{_e(v)}">{_e(v)}</option>' for v in values)
+def asset(name: str) -> str:
+    return resources.files("harness.reporting").joinpath(f"{ASSETS}/{name}").read_text(encoding="utf-8")
 
 
-def _html_entry(env: dict, entry: dict) -> str:
+def _inline(name: str, tag: str):
+    """An asset's text for a <style> or <script> element, which ends at the first closing tag in it."""
+    from markupsafe import Markup
+
+    text = asset(name)
+    if f"</{tag}" in text.lower():
+        raise ValueError(f"{ASSETS}/{name} contains '</{tag}': it would end the inline <{tag}> element")
+    return Markup(text)
+
+
+@lru_cache(maxsize=1)
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FunctionLoader(lambda name: asset(name)), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True)
+    env.tests["web_url"] = is_web_url
+    return env
+
+
+def _html_entry(env: dict, entry: dict) -> dict:
     status = entry["status"]
-    label = SHORT.get(status, status)
+    label = SHORT.get(status, status)  # the cell's colour carries the status; emoji fonts are not everywhere
     if entry.get("stage") and status in DETAIL:
         label += f" · {entry['stage']}"
-    title = entry.get("reason") or status
-    inner = _e(label)  # the cell's colour carries the status; emoji fonts are not everywhere
+    detail = None
     if status in DETAIL:
-        parts = [f"<b>status</b>: {_e(status)}", f"<b>stage</b>: {_e(entry.get('stage') or '-')}",
-                 f"<b>exception</b>: {_e(entry.get('exception_type') or '-')}",
-                 f"<b>versions</b>: {_e(_versions(env))}"]
-        if entry.get("max_abs_diff") is not None:
-            parts.append(f"<b>max abs diff</b>: {entry['max_abs_diff']:.3g}")
-        if entry.get("known_issue"):
-            parts.append(f'<b>known issue</b>: <a href="{_e(entry["known_issue"])}">{_e(entry["known_issue"])}</a>')
-        message = entry.get("message") or entry.get("reason") or ""
-        inner = (f'<details><summary>{inner}</summary><div class="detail">{"<br>".join(parts)}'
-                 f"<pre>{_e(message)}</pre></div></details>")
-    return (f'<td class="st-{_e(status)}" data-env="{_e(env["name"])}" data-status="{_e(status)}" '
-            f'title="{_e(title)}">{inner}</td>')
+        diff = entry.get("max_abs_diff")
+        detail = {"stage": entry.get("stage") or "-", "exception": entry.get("exception_type") or "-",
+                  "versions": _versions(env), "max_abs_diff": None if diff is None else f"{diff:.3g}",
+                  "known_issue": entry.get("known_issue"),
+                  "message": entry.get("message") or entry.get("reason") or ""}
+    return {"env": env["name"], "status": status, "title": entry.get("reason") or status, "label": label,
+            "detail": detail}
 
 
 def html_page(matrix: dict) -> str:
     envs = matrix["environments"]
     rows, hidden = _visible_rows(matrix)
     since = {s["cell_id"]: s["text"] for s in matrix["since"]}
-    families = sorted({r["family"] for r in rows})
-    adapters = sorted({r["adapter"] for r in rows})
-    statuses = sorted({e["status"] for r in rows for e in r["entries"].values()}, key=lambda s: STATUS_RANK.get(s, 99))
-    head = ['<th data-col="cell">cell</th>', '<th data-col="family">family</th>', '<th data-col="adapter">adapter</th>']
-    for env in envs:
-        cls = ' class="envfailed"' if env["state"] != "ok" else ""
-        head.append(f'<th data-col="env:{_e(env["name"])}" title="{_e(_versions(env))}"{cls}>{_e(env["name"])}'
-                    f'<br><span class="muted">{_e(env["versions"].get("peft") or "?")} / '
-                    f'{_e(env["versions"].get("transformers") or "?")}</span></th>')
-    head.append('<th data-col="since">since when</th>')
-    body = []
-    for row in rows:
-        row_statuses = sorted({e["status"] for e in row["entries"].values()})
-        cells = [f"<td><code>{_e(row['cell_id'])}</code></td>", f"<td>{_e(row['family'])}</td>",
-                 f"<td>{_e(row['adapter'])}</td>"]
-        cells += [_html_entry(env, row["entries"][env["name"]]) for env in envs]
-        cells.append(f"<td>{_e(since.get(row['cell_id'], ''))}</td>")
-        body.append(f'<tr data-cell="{_e(row["cell_id"])}" data-family="{_e(row["family"])}" '
-                    f'data-adapter="{_e(row["adapter"])}" data-since="{_e(since.get(row["cell_id"], ""))}" '
-                    f'data-statuses="{_e(" ".join(row_statuses))}">' + "".join(cells) + "</tr>")
-    env_rows = []
-    for env in envs:
-        summary = ", ".join(f"{n} {s}" for s, n in sorted(env["summary"].items()))
-        env_rows.append(f"<tr><td>{_e(env['name'])}</td><td>{_e(_versions(env))}</td><td>{_e(env['state'])}</td>"
-                        f"<td>{_e(env['reason'] or '')}</td><td>{_e(summary)}</td></tr>")
-    rank_json = json.dumps(STATUS_RANK).replace("</", "<\\/")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
-<title>peft-compat matrix</title><style>{CSS}</style></head>
-<body>
-<h1>peft-compat matrix</h1>
-<p>{len(matrix['cells'])} cells x {len(envs)} environments, generated {_e(matrix['generated_at'])}.
-{f'{hidden} cell(s) skipped in every environment (no CUDA) are left out.' if hidden else ''}</p>
-<details><summary>Environments</summary>
-<table id="environments"><thead><tr><th>env</th><th>versions</th><th>state</th><th>reason</th><th>summary</th></tr></thead>
-<tbody>{''.join(env_rows)}</tbody></table></details>
-<p class="controls">
-<label>family <select id="f-family"><option value="">all</option>{_options(families)}</select></label>
-<label>adapter <select id="f-adapter"><option value="">all</option>{_options(adapters)}</select></label>
-<label>status <select id="f-status"><option value="">any</option>{_options(statuses)}</select></label>
-<label>search <input id="f-q" type="search"></label>
-<span id="count" data-shown="{len(rows)}">{len(rows)} of {len(rows)} rows shown</span></p>
-<table id="matrix"><thead><tr>{''.join(head)}</tr></thead>
-<tbody>{''.join(body)}</tbody></table>
-<p class="muted">Click a column header to sort (an environment column sorts by status); the filters and the sort
-are kept in the URL fragment. Red entries open to show stage, exception, message and versions.</p>
-<script type="application/json" id="status-rank">{rank_json}</script>
-<script>{JS}</script>
-</body></html>
-"""
+    shown_statuses = sorted({e["status"] for r in rows for e in r["entries"].values()},
+                            key=lambda s: STATUS_RANK.get(s, 99))
+    return _environment().get_template("matrix.html.j2").render(
+        css=_inline("matrix.css", "style"), js=_inline("matrix.js", "script"), status_rank=STATUS_RANK,
+        n_cells=len(matrix["cells"]), generated_at=matrix["generated_at"], hidden=hidden,
+        envs=[{"name": env["name"], "versions": _versions(env), "state": env["state"], "reason": env["reason"] or "",
+               "failed": env["state"] != "ok", "peft": env["versions"].get("peft") or "?",
+               "transformers": env["versions"].get("transformers") or "?",
+               "summary": ", ".join(f"{n} {s}" for s, n in sorted(env["summary"].items()))} for env in envs],
+        families=sorted({r["family"] for r in rows}), adapters=sorted({r["adapter"] for r in rows}),
+        statuses=shown_statuses,
+        rows=[{"cell_id": row["cell_id"], "family": row["family"], "adapter": row["adapter"],
+               "since": since.get(row["cell_id"], ""), "references": list(row.get("references") or []),
+               "statuses": " ".join(sorted({e["status"] for e in row["entries"].values()})),
+               "entries": [_html_entry(env, row["entries"][env["name"]]) for env in envs]} for row in rows],
+    )
 
 
 def write_html(matrix: dict, path: str) -> None:

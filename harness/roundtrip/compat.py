@@ -129,17 +129,3 @@ def load_result_keys(result) -> tuple[list[str] | None, list[str] | None]:
         unexpected = getattr(result, "unexpected_keys", None)
     as_list = lambda keys: None if keys is None else sorted(str(k) for k in keys)  # noqa: E731
     return as_list(missing), as_list(unexpected)
-
-
-# --- config fields that a version lacks ---------------------------------------------------------------------
-
-def missing_config_fields(config_cls, kwargs: dict) -> list[str]:
-    """The keyword arguments a PEFT config class of the installed peft does not know (peft configs are
-    dataclasses): e.g. LoraConfig(use_rslora=...) on peft 0.7.1, where the field arrived in 0.8.0. A cell whose
-    case needs such a field is "not applicable" on that version, like a missing adapter type."""
-    import dataclasses
-
-    if not dataclasses.is_dataclass(config_cls):
-        return []
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    return sorted(k for k in kwargs if k not in known)

@@ -16,12 +16,24 @@ BASE_SEED = 1234  # seeds the base model build and every from_pretrained of the 
 
 
 @dataclass(frozen=True)
+class Inputs:
+    """How a family's inputs are made: the function the harness calls, and its repro snippet -- the same code
+    with torch only, the body of ``def family_inputs(config, gen)`` in the standalone repro.py of --keep-failed
+    (harness/running/repro.py), indented as you like."""
+    make: Callable  # (config, torch.Generator) -> dict of CPU tensors
+    repro: str
+
+    def __call__(self, config, gen) -> dict:
+        return self.make(config, gen)
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
     config_class: str
     model_class: str
     tiny_config: dict
-    make_inputs: Callable  # (config, torch.Generator) -> dict of CPU tensors
+    make_inputs: Inputs  # (config, torch.Generator) -> dict of CPU tensors, with its repro snippet
     description: str = ""
     groups: dict = field(default_factory=dict)  # symbolic module groups for cases: "@attention" -> names
     layers_pattern: str | None = None  # the ModuleList name that layers_to_transform counts in
@@ -40,10 +52,22 @@ def _token_inputs(config, gen):
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
+TOKEN_INPUTS = Inputs(_token_inputs, """
+    ids = torch.randint(0, config.vocab_size, (2, 12), generator=gen)
+    ids[:, -1] = config.vocab_size - 1  # always touch the last row (a resized vocabulary's new tokens)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+""")
+
+
 def _pixel_inputs(config, gen):
     import torch
 
     return {"pixel_values": torch.randn(2, config.num_channels, config.image_size, config.image_size, generator=gen)}
+
+
+PIXEL_INPUTS = Inputs(_pixel_inputs, """
+    return {"pixel_values": torch.randn(2, config.num_channels, config.image_size, config.image_size, generator=gen)}
+""")
 
 
 def _small_image_inputs(config, gen):
@@ -52,10 +76,20 @@ def _small_image_inputs(config, gen):
     return {"pixel_values": torch.randn(2, config.num_channels, 32, 32, generator=gen)}
 
 
+SMALL_IMAGE_INPUTS = Inputs(_small_image_inputs, """
+    return {"pixel_values": torch.randn(2, config.num_channels, 32, 32, generator=gen)}
+""")
+
+
 def _audio_inputs(config, gen):
     import torch
 
     return {"input_values": torch.randn(2, 1600, generator=gen)}
+
+
+AUDIO_INPUTS = Inputs(_audio_inputs, """
+    return {"input_values": torch.randn(2, 1600, generator=gen)}
+""")
 
 
 # initializer_range: the transformers default (0.02) leaves tiny models with logits near 1e-2, where LoRA on the
@@ -73,28 +107,28 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
            dict(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
                 conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
                 num_conv_pos_embedding_groups=2, hidden_dropout=0.1, attention_dropout=0.1, **INIT),
-           _audio_inputs, "speech encoder with a CTC head (no input embeddings: get_input_embeddings raises)",
+           AUDIO_INPUTS, "speech encoder with a CTC head (no input embeddings: get_input_embeddings raises)",
            groups={"targets": ["q_proj", "v_proj"], "mlp": ["intermediate_dense"], "head": ["lm_head"],
                    "norm": ["final_layer_norm"]}, layers_pattern="layers"),
-    Family("vit_224", "ViTConfig", "ViTForImageClassification", dict(image_size=224, **_VIT), _pixel_inputs,
+    Family("vit_224", "ViTConfig", "ViTForImageClassification", dict(image_size=224, **_VIT), PIXEL_INPUTS,
            "ViT image classifier at 224 px (197 position embeddings)", groups=_VIT_GROUPS),
-    Family("vit_512", "ViTConfig", "ViTForImageClassification", dict(image_size=512, **_VIT), _pixel_inputs,
+    Family("vit_512", "ViTConfig", "ViTForImageClassification", dict(image_size=512, **_VIT), PIXEL_INPUTS,
            "ViT image classifier at 512 px (1025 position embeddings)", groups=_VIT_GROUPS),
     Family("bert_classifier", "BertConfig", "BertForSequenceClassification",
            dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                max_position_embeddings=64, num_labels=3, **INIT), _token_inputs, "BERT sequence classifier",
+                max_position_embeddings=64, num_labels=3, **INIT), TOKEN_INPUTS, "BERT sequence classifier",
            groups={"targets": ["query", "value"], "mlp": ["intermediate.dense"], "head": ["classifier"],
                    "norm": ["LayerNorm"], "embedding": ["word_embeddings"]}, layers_pattern="layer"),
     Family("llama_causal", "LlamaConfig", "LlamaForCausalLM",
            dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                 intermediate_size=37, max_position_embeddings=64, tie_word_embeddings=False,
-                initializer_range=0.1), _token_inputs,
+                initializer_range=0.1), TOKEN_INPUTS,
            "Llama-style causal LM",
            groups={"targets": ["q_proj", "v_proj"], "mlp": ["gate_proj", "up_proj"], "head": ["lm_head"],
                    "norm": ["norm"], "embedding": ["embed_tokens"]}, layers_pattern="layers"),
     Family("resnet_classifier", "ResNetConfig", "ResNetForImageClassification",
            dict(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
-                num_labels=3), _small_image_inputs,
+                num_labels=3), SMALL_IMAGE_INPUTS,
            "ResNet image classifier at 32 px: convolutions and BatchNorm with running statistics (buffers)",
            groups={"targets": ["convolution"], "head": ["classifier.1"], "norm": ["normalization"]}),
 ]}

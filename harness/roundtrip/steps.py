@@ -2,6 +2,13 @@
 
 `before_adapt` steps change the base and are replayed on the loading side (the user rebuilds the same base);
 `after_adapt` steps happen between adapting and saving, on the saving side only (like training).
+
+Each step also knows its repro snippet (`repro`): the same thing written with torch / transformers / peft
+only, for the standalone repro.py of --keep-failed (harness/running/repro.py). A snippet is the body of
+``def step_<name>(model, <its params>)`` in that script, indented as you like; the script provides ``torch``,
+``re``, ``BASE_SEED``, ``make_inputs(config, seed)``, ``to_device(inputs, device, dtype)`` and
+``fill_trainable(model, salt)``, which do what their namesakes in the harness do. A step that fails raises
+AssertionError there (StepError here).
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ class Step:
     params: dict  # parameter name -> python type
     run: Callable  # (model, **params) -> None
     description: str
+    repro: str  # the body of `def step_<name>(model, <params>)` in a standalone repro.py (see above)
 
 
 def _resize_token_embeddings(model, size: int) -> None:
@@ -94,13 +102,52 @@ def _add_second_adapter(model, adapter: str, activate: bool) -> None:
 
 STEPS: dict[str, Step] = {s.name: s for s in [
     Step("resize_token_embeddings", "before_adapt", {"size": int}, _resize_token_embeddings,
-         "model.resize_token_embeddings(size), replayed identically on the loading side"),
+         "model.resize_token_embeddings(size), replayed identically on the loading side",
+         repro="""
+             torch.manual_seed(BASE_SEED + size)  # new rows are random: same on both sides of the round trip
+             model.resize_token_embeddings(size)
+         """),
     Step("train_parameter", "after_adapt", {"pattern": str}, _train_parameter,
-         "change parameters matching a regex as training would; fails if none of them is trainable"),
+         "change parameters matching a regex as training would; fails if none of them is trainable",
+         repro="""
+             matching = [(n, p) for n, p in model.named_parameters() if re.search(pattern, n)]
+             if not matching:
+                 raise AssertionError(f"train_parameter: no parameter matches {pattern!r}")
+             if not any(p.requires_grad for _, p in matching):
+                 raise AssertionError(f"train_parameter: {len(matching)} parameter(s) match {pattern!r} "
+                                      f"({matching[0][0]}, ...) but none is trainable")
+             with torch.no_grad():
+                 for _, p in matching:
+                     if p.requires_grad:
+                         p.add_(0.05)
+         """),
     Step("update_running_stats", "after_adapt", {"batches": int}, _update_running_stats,
-         "forward passes in train mode so that BatchNorm running statistics change as in training"),
+         "forward passes in train mode so that BatchNorm running statistics change as in training",
+         repro="""
+             config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+             if not any("running_mean" in n for n, _ in model.named_buffers()):
+                 raise AssertionError("update_running_stats: the model has no running statistics (no BatchNorm)")
+             was_training = model.training
+             model.train()
+             with torch.no_grad():
+                 for i in range(batches):
+                     p = next(model.parameters())
+                     model(**to_device(make_inputs(config, seed=100 + i), p.device, p.dtype))
+             model.train(was_training)
+         """),
     Step("add_second_adapter", "after_adapt", {"adapter": str, "activate": bool}, _add_second_adapter,
-         "add a second adapter with the same config and its own values; activate=true makes it the one compared"),
+         "add a second adapter with the same config and its own values; activate=true makes it the one compared",
+         repro="""
+             import copy
+
+             if not hasattr(model, "peft_config"):
+                 raise AssertionError("add_second_adapter: the model is not a PeftModel")
+             model.add_adapter(adapter, copy.deepcopy(model.peft_config[model.active_adapter]))
+             model.set_adapter(adapter)  # makes its tensors trainable, so the fill reaches them
+             fill_trainable(model, salt=f"train-{adapter}")
+             if not activate:
+                 model.set_adapter("default")
+         """),
 ]}
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import tomli_w
 
-from harness.specs.case import Case, validate_case_data
+from harness.specs.case import validate_case_data
 
 # The order a person reads a case in.
 _ORDER = ("id", "description", "family", "tags", "references", "dtypes", "devices", "timeout_s", "model",
@@ -16,7 +16,3 @@ def case_to_toml(data: dict) -> str:
     ordered = {key: data[key] for key in _ORDER if key in data}
     ordered.update({k: v for k, v in data.items() if k not in ordered})
     return tomli_w.dumps(ordered)
-
-
-def case_file_text(case: Case) -> str:
-    return case_to_toml(case.raw)

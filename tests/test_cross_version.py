@@ -222,3 +222,32 @@ def test_findings_tell_loud_from_silent(tmp_path):
     [finding] = table["findings"]
     assert (finding["writer"], finding["reader"], finding["direction"]) == ("old", "new", "backward")
     assert (finding["loud"], finding["silent"], finding["unexpected"]) == (1, 1, 2)
+
+
+def test_the_bound_widens_only_for_a_base_that_drifts():
+    from harness.artifacts.read import cross_tolerance
+
+    assert cross_tolerance(5e-3, "bf16", 0.0, 4.0) == 5e-3  # the same kernels: no slack, a small loss shows
+    assert cross_tolerance(5e-3, "bf16", 0.0078, 4.0) == max(4 * 0.0078, 2 * 2 ** -7 * 4.0)
+    assert cross_tolerance(1e-5, "fp32", 2e-6, 4.0) == 1e-5  # fp32 has no ulp term
+
+
+def test_merge_strict_is_red_on_a_red_cross_version_entry(tmp_path, capsys):
+    from harness.reporting.report import write_report
+    from harness.roundtrip.environment import environment
+
+    reader = dict(environment(), tox_env="new-read")
+    cell = {"cell_id": "c[cpu-fp32]", "case_id": "c", "family": "bert_classifier", "adapter": "LoraConfig",
+            "device": "cpu", "dtype": "fp32", "status": "fail", "stage": "compare", "exception_type": "CheckFailed",
+            "message": "differs", "max_abs_diff": 1.0, "tolerance": 1e-5, "seconds": {}, "warnings": [],
+            "missing_keys": None, "unexpected_keys": None, "non_adapter_keys": None, "known_issue": None,
+            "environment": reader, "writer": {"name": "old", "peft": "0.7.1", "transformers": "4.36.2"}}
+    write_report(str(tmp_path / "cross" / "new-read.json"), [cell], environment=reader, phase="read")
+    own = dict(cell, environment=dict(reader, tox_env="new"))
+    own.pop("writer")
+    write_report(str(tmp_path / "new.json"), [dict(own, status="pass", stage=None)], environment=own["environment"])
+    from harness.reporting.merge import main as merge_main
+
+    assert merge_main([str(tmp_path), "--out", str(tmp_path / "compat.json")]) == 0
+    assert merge_main([str(tmp_path), "--out", str(tmp_path / "compat.json"), "--strict"]) == 1
+    assert "1 red cross-version entries" in capsys.readouterr().out

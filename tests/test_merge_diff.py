@@ -278,18 +278,21 @@ def _oldest_newest():
 @pytest.mark.matrix
 def test_oldest_and_newest_tox_env_end_to_end(tmp_path):
     """The matrix machinery proven end to end: tox builds the oldest and the newest env (uv, shared cache),
-    each runs every cell and writes its report; the merge turns them into compat.json/md/html."""
+    each runs every cell, writes its report and its artifacts; each read env loads both envs' artifacts
+    (backward, forward and the diagonal); the merge turns them into compat.json/md/html and cross.json/md,
+    with no red entry: every failure across the two releases is a known issue."""
     if os.environ.get("PEFT_COMPAT_SKIP_TOX"):
         pytest.skip("PEFT_COMPAT_SKIP_TOX is set")
     oldest, newest = _oldest_newest()
     work = tmp_path / "tox"
-    # private reports folder and tox workdir: other runs in the same checkout cannot touch them (with tox-uv and
-    # the shared uv cache a fresh env costs seconds)
+    # private reports / artifacts folders and tox workdir: other runs in the same checkout cannot touch them
+    # (with tox-uv and the shared uv cache a fresh env costs seconds)
     reports_dir = tmp_path / "reports"
-    env = dict(os.environ, PEFT_COMPAT_REPORTS=str(reports_dir))
-    proc = subprocess.run([sys.executable, "-m", "tox", "-e", f"{oldest},{newest}", "-p", "2", "--root", ROOT,
+    env = dict(os.environ, PEFT_COMPAT_REPORTS=str(reports_dir), PEFT_COMPAT_ARTIFACTS=str(tmp_path / "artifacts"))
+    envs = f"{oldest},{newest},{oldest}-read,{newest}-read"
+    proc = subprocess.run([sys.executable, "-m", "tox", "-e", envs, "-p", "2", "--root", ROOT,
                            "--workdir", os.environ.get("PEFT_COMPAT_TOX_WORKDIR", str(tmp_path / ".tox"))],
-                          capture_output=True, text=True, cwd=ROOT, timeout=1500, env=env)
+                          capture_output=True, text=True, cwd=ROOT, timeout=2400, env=env)
     for env_name in (oldest, newest):
         path = os.path.join(reports_dir, f"{env_name}.json")
         assert os.path.exists(path), f"{env_name} wrote no report:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
@@ -299,10 +302,20 @@ def test_oldest_and_newest_tox_env_end_to_end(tmp_path):
         counts = {c["status"] for c in rep["cells"]}
         assert not counts & {"fail", "error", "fixed", "crashed", "timeout"}, \
             [(c["cell_id"], c["status"], c["message"]) for c in rep["cells"] if c["status"] in ("fail", "error", "fixed")]
+        read = os.path.join(reports_dir, "cross", f"{env_name}-read.json")
+        assert os.path.exists(read), f"{env_name}-read wrote no report:\n{proc.stdout[-4000:]}"
+        assert read_report(read)["complete"] and read_report(read)["phase"] == "read"
     out = work / "compat.json"
-    matrix = hmerge.merge_files([os.path.join(reports_dir, f"{e}.json") for e in (oldest, newest)], str(out))
+    matrix = hmerge.merge_files([str(reports_dir)], str(out))
     assert [e["name"] for e in matrix["environments"]] == [oldest, newest]
     assert (work / "compat.md").exists() and (work / "compat.html").exists()
+    cross = json.loads((work / "cross.json").read_text())
+    assert {(s["writer"], s["reader"], s["direction"]) for s in cross["grid"]} == {
+        (oldest, oldest, "same"), (oldest, newest, "backward"), (newest, oldest, "forward"), (newest, newest, "same")}
+    red = [(row["cell_id"], e["writer"], e["reader"], e["status"], e["reason"]) for row in cross["cells"]
+           for e in row["entries"] if e["status"] in ("fail", "error", "fixed", "crashed", "timeout")]
+    assert not red, red
+    assert sum(s["counts"].get("pass", 0) for s in cross["grid"] if s["direction"] != "same") > 0
 
 
 def test_merge_records_which_envs_exercise_each_known_issue(reports, tmp_path, capsys):

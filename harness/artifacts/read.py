@@ -11,8 +11,9 @@ field, a tensor or a module and computes something else fails at compare; it nev
 
 Releases change kernels: in bf16 / fp16 the same base computes logits a few units in the last place apart on
 two releases (bf16: 1 ulp is 0.0078 at a logit of 1.5). A read therefore measures the base's own drift first
-and compares within max(the cell's tolerance, 4 x that drift, 2 ulps of the dtype at the largest logit);
-fp32 keeps its strict tolerance (no ulp term). A base drift above ten tolerances is a different model
+and, when it is not zero, compares within max(the cell's tolerance, 4 x that drift, 2 ulps of the dtype at
+the largest logit); fp32 keeps its strict tolerance (no ulp term), and a base that computes exactly the
+writer's logits (the same kernels, as in a read of the same release) widens nothing. A base drift above ten tolerances is a different model
 (base-incompatible), and a bound that would reach a quarter of the writer's adapter effect could hide a lost
 adapter: such a read cannot be judged and is base-incompatible too, with the figures in its message.
 The record is raw (pass / fail / error / base-incompatible / skipped / not-applicable) with a `writer` block;
@@ -41,7 +42,10 @@ JUDGE_LIMIT = 4  # the bound must stay below the writer's adapter effect / this,
 
 
 def cross_tolerance(tolerance: float, dtype: str, base_drift: float, largest_logit: float) -> float:
-    """The bound a cross-version read compares within (see the module's docstring)."""
+    """The bound a cross-version read compares within (see the module's docstring). A base that computes
+    exactly the writer's logits here (the same kernels: a read of the same release, say) widens nothing."""
+    if base_drift == 0:
+        return tolerance
     return max(tolerance, DRIFT_FACTOR * base_drift, ULPS * RELATIVE_EPS[dtype] * largest_logit)
 
 

@@ -29,6 +29,7 @@ from importlib import resources
 
 from packaging.version import InvalidVersion, Version
 
+from harness.reporting.crosstable import KIND as CROSS_KIND
 from harness.reporting.crosstable import CrossTableError
 from harness.reporting.crosstable import bad_entries as cross_bad_entries
 from harness.reporting.report import ReportError, read_json, read_report, validate_report, write_json_atomic
@@ -162,7 +163,7 @@ def _looks_like_matrix(path: str) -> bool:
             head = fh.read(4096)
     except OSError:
         return False
-    return f'"kind": "{MATRIX_KIND}"' in head or f'"kind":"{MATRIX_KIND}"' in head
+    return any(f'"kind": "{kind}"' in head or f'"kind":"{kind}"' in head for kind in (MATRIX_KIND, CROSS_KIND))
 
 
 def tox_env_names(toxinidir: str = ".") -> list[str]:
@@ -391,6 +392,13 @@ def run(args) -> int:
         print(f"environments that did not run: {', '.join(failed_envs)}")
     if bad:
         print(f"{len(bad)} red entries (fail/error/fixed/crashed/timeout)")
+    if cross is not None:
+        cross_bad = cross_bad_entries(cross)
+        print(f"{sum(s['total'] for s in cross['grid'])} reads of {len(cross['cells'])} cells between "
+              f"{len(cross['environments'])} environments -> {cross_path(args.out)} (+ .md)")
+        if cross_bad:
+            print(f"{len(cross_bad)} red cross-version entries (fail/error/fixed/crashed/timeout)")
+        bad = bad + cross_bad
     unexercised = [k for k in matrix.get("known_issues", []) if not k["seen_in"]]
     for k in unexercised:
         print(f"known issue not exercised by any environment: {k['reference']} (stage {k['stage']}, "

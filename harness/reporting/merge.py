@@ -8,6 +8,8 @@ Writes reports/compat.json (harness/reporting/schemas/matrix.schema.json), compa
 Every input is read with report.read_report: a non-JSON or schema-failing file stops the merge with its path
 and the reason. An environment that could not install has a *stub* report (no cells, complete=false,
 incomplete_reason "setup-failed: ..."); its column shows "env-failed" in every row, never silently dropped.
+No report at all is an error (exit 2): an empty table is not a green one. `--strict` exits 1 on any red entry
+(including "env-failed" and "missing"), an environment that failed, or one whose report is incomplete.
 
 "Since when": for every cell the outcome (pass / fail / not-applicable) is laid along the peft versions and
 along the transformers versions; when one package's version alone explains the outcome, the change points
@@ -299,6 +301,9 @@ def merge_files(inputs, out: str, expected_envs=(), render: bool = True, known_i
     from harness.specs.known_issues import load_known_issues
 
     paths = report_paths(inputs, out)
+    if not paths:  # an empty table would read as "nothing is red"
+        raise ReportError(f"no per-environment report to merge in {', '.join(map(str, inputs)) or '(no input)'} "
+                          f"(a folder's *.json files, merged matrices and --out left out)")
     reports = [(path, read_report(path)) for path in paths]
     issues = load_known_issues(known_issues_path)
     if reclassify_cells:
@@ -337,7 +342,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="re-apply the (current) known-issues table to the reports' observed verdicts, with "
                         "the versions each report recorded, instead of the table the runs used")
     parser.add_argument("--strict", action="store_true",
-                        help="exit 1 when any entry is fail/error/fixed/crashed/timeout or an env failed")
+                        help="exit 1 when any entry is red (fail/error/fixed/crashed/timeout/env-failed/missing), an "
+                        "env failed or its report is incomplete (complete: false)")
     parser.add_argument("--stub", metavar="ENV", help="instead of merging: write a stub report for ENV that "
                         "could not be set up (to --out, default reports/ENV.json) and exit")
     parser.add_argument("--reason", default="", help="why the stub's environment could not be set up")
@@ -355,18 +361,23 @@ def run(args) -> int:
     matrix = merge_files(args.inputs, args.out, expected, render=not args.no_render,
                          known_issues_path=args.known_issues, reclassify_cells=args.reclassify)
     failed_envs = [e["name"] for e in matrix["environments"] if e["state"] == "env-failed"]
+    incomplete_envs = [e for e in matrix["environments"] if e["state"] == "incomplete"]
     bad = bad_entries(matrix)
     print(f"{len(matrix['cells'])} cells x {len(matrix['environments'])} environments -> {args.out}"
           + ("" if args.no_render else " (+ .md, .html)"))
     if failed_envs:
         print(f"environments that did not run: {', '.join(failed_envs)}")
+    if incomplete_envs:
+        print("environments with an incomplete report: "
+              + ", ".join(f"{e['name']} ({e['reason'] or 'no reason given'})" for e in incomplete_envs))
     if bad:
-        print(f"{len(bad)} red entries (fail/error/fixed/crashed/timeout)")
+        red = sorted({status for _, _, status in bad}, key=lambda s: statuses.RANK[s])
+        print(f"{len(bad)} red entries ({'/'.join(red)})")
     unexercised = [k for k in matrix.get("known_issues", []) if not k["seen_in"]]
     for k in unexercised:
         print(f"known issue not exercised by any environment: {k['reference']} (stage {k['stage']}, "
               f"versions {k['versions'] or 'all'}, cases {', '.join(k['cases'])})")
-    return 1 if args.strict and (bad or failed_envs) else 0
+    return 1 if args.strict and (bad or failed_envs or incomplete_envs) else 0
 
 
 def main(argv=None) -> int:

@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     mrg = sub.add_parser("merge", help="merge per-env reports into reports/compat.{json,md,html}")
     _merge.add_arguments(mrg)
     mrg.set_defaults(func=lambda a: _merge.main_args(a))
-    dif = sub.add_parser("diff", help="compare two reports/matrices; exit 1 on a regression")
+    dif = sub.add_parser("diff", help="compare two reports/matrices; exit 1 on a regression, a lost cell or an incomplete new run")
     _diff.add_arguments(dif)
     dif.set_defaults(func=lambda a: _diff.main_args(a))
     return parser

@@ -28,13 +28,7 @@ def default_report_path() -> str:
 
 
 def cmd_run(args) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from harness.roundtrip.cell import cell_id
-    from harness.roundtrip.environment import environment
-    from harness.running.checkpoints import ReportCheckpoints, interrupt_reason, resume_records, sigterm_as_interrupt
-    from harness.running.isolation import CellRunner
+    from harness.running.checkpoints import ReportLock
 
     isolation = isolate_value(args.isolation)
     if args.timeout is not None and not args.timeout > 0:
@@ -44,6 +38,21 @@ def cmd_run(args) -> int:
                          "(drop --isolation off, or --timeout)")
     if args.keep_failed and os.path.exists(args.keep_failed) and not os.path.isdir(args.keep_failed):
         raise UsageError(f"--keep-failed {args.keep_failed}: exists and is not a folder")
+    # one writer per report: a second run on the same --out is refused (ReportLocked: exit 2) before it reads
+    # or writes anything, and the lock is held until this run's last write (the --table merge included)
+    with ReportLock(args.out):
+        return _run_locked(args, isolation)
+
+
+def _run_locked(args, isolation) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from harness.roundtrip.cell import cell_id
+    from harness.roundtrip.environment import environment
+    from harness.running.checkpoints import ReportCheckpoints, interrupt_reason, resume_records, sigterm_as_interrupt
+    from harness.running.isolation import CellRunner
+
     cases = load_cases(*args.cases)
     known = load_known_issues(args.known_issues)
     cells = list(select_cells(cases, args.device, args.match, full=not args.fast))
@@ -153,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     mrg = sub.add_parser("merge", help="merge per-env reports into reports/compat.{json,md,html}")
     _merge.add_arguments(mrg)
     mrg.set_defaults(func=lambda a: _merge.main_args(a))
-    dif = sub.add_parser("diff", help="compare two reports/matrices; exit 1 on a regression, a lost cell or an incomplete new run")
+    dif = sub.add_parser("diff", help="compare two reports/matrices; exit 1 on a regression, a lost cell or an "
+                         "incomplete new run")
     _diff.add_arguments(dif)
     dif.set_defaults(func=lambda a: _diff.main_args(a))
     return parser

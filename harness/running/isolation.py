@@ -101,6 +101,15 @@ def _write_line(fd: int, obj: dict) -> None:
         data = data[written:]
 
 
+def close_in_children(fd: int) -> None:
+    """A descriptor of the parent that no forked cell process may keep (a report's lock, see checkpoints)."""
+    _PARENT_FDS.add(fd)
+
+
+def forget_in_children(fd: int) -> None:
+    _PARENT_FDS.discard(fd)
+
+
 def _close_inherited() -> None:
     for fd in list(_PARENT_FDS):
         try:

@@ -20,7 +20,8 @@ from harness.roundtrip.check import load_cases
 from harness.roundtrip.environment import versions_line
 from harness.roundtrip.families import BaseCheckpoints
 from harness.running import summary
-from harness.running.checkpoints import ReportCheckpoints, Terminated
+from harness.reporting.report import ReportError
+from harness.running.checkpoints import ReportCheckpoints, ReportLock, Terminated
 from harness.running.isolation import DEFAULT_TIMEOUT_S, ISOLATION_CHOICES, ISOLATION_HELP, CellRunner, isolate_value
 from harness.specs.case import CaseError
 from harness.specs.known_issues import KnownIssuesError, load_known_issues
@@ -78,6 +79,12 @@ class CompatState:
                                  known_issues=self.known, tmp_root=tmp_root)
         self.cells = {cell_id(c.id, d, t): (c, d, t) for c in self.cases for d, t, _ in c.cells(full=True)}
         path = config.getoption("--compat-report")
+        self.lock = None
+        if path and not self.is_worker:  # one writer per report, as with `python -m harness run`
+            try:
+                self.lock = ReportLock(path).acquire()
+            except ReportError as exc:
+                raise pytest.UsageError(f"peft-compat: {exc}") from None
         self.checkpoints = ReportCheckpoints(path) if path and not self.is_worker else None
         self.records = self.checkpoints.records if self.checkpoints else {}
         self._previous_sigterm = None
@@ -163,6 +170,9 @@ class CompatState:
         if self._previous_sigterm is not None:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
             self._previous_sigterm = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def pytest_sessionfinish(self, session, exitstatus):
         self.runner.close()  # stops the cell worker, removes the base checkpoints

@@ -88,6 +88,10 @@ class CompatState:
         self.checkpoints = ReportCheckpoints(path) if path and not self.is_worker else None
         self.records = self.checkpoints.records if self.checkpoints else {}
         self._previous_sigterm = None
+        # the cell ids pytest selected (after -k / -m / deselection), known once collection is done: from the
+        # session's items in a plain run, from the workers' collections on an xdist controller
+        self.selected: set[str] | None = None
+        self.stop_reason: str | None = None  # what stopped the run early (an interrupt, xdist's maxfail)
 
     # hooks: this object is registered as a plugin in pytest_configure
 
@@ -147,6 +151,44 @@ class CompatState:
                 json.dump({"cell_id": name, "stage": stage}, fh)
         return write
 
+    def pytest_collection_finish(self, session):
+        """A plain run (or an xdist worker): the cells selected for this session."""
+        self.selected = {item.name for item in session.items if isinstance(item, CellItem)}
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids):
+        """xdist controller: every worker collects the same items; the cells among them are the selection."""
+        names = {nodeid.rsplit("::", 1)[-1] for nodeid in ids}
+        self.selected = (self.selected or set()) | (names & set(self.cells))
+
+    def pytest_keyboard_interrupt(self, excinfo):
+        """Ctrl-C, SIGTERM, or xdist stopping the run (its maxfail / a worker interrupted): say which."""
+        exc = excinfo.value
+        if isinstance(exc, Terminated):
+            self.stop_reason = "terminated (SIGTERM)"
+        elif type(exc) is KeyboardInterrupt:
+            self.stop_reason = "interrupted (SIGINT)"
+        else:  # xdist's Interrupted("stopping after 1 failures"), pytest.exit(...), ...
+            self.stop_reason = str(getattr(exc, "msg", None) or exc) or type(exc).__name__
+
+    def completeness(self, session, exitstatus) -> tuple[bool, str | None]:
+        """(complete, incomplete_reason) of the report: complete only if every selected cell has a record.
+        -x / --maxfail, an interrupt and a lost xdist worker all leave selected cells without one; the reason
+        says what stopped the run and how many cells are not in. Without a known selection (collection never
+        finished) only a run that was not stopped is complete."""
+        stopped = self.stop_reason or session.shouldfail or session.shouldstop or (
+            "interrupted" if exitstatus == pytest.ExitCode.INTERRUPTED else None)
+        if self.selected is None:
+            return (not stopped, f"{stopped}: the selected cells are not known" if stopped else None)
+        missing = sorted(self.selected - set(self.records))
+        if not missing:
+            return True, None
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        lacking = f"{len(missing)} of {len(self.selected)} selected cells have no record ({shown})"
+        if not stopped:
+            stopped = "the run ended early (a pytest-xdist worker lost?)"
+        return False, f"{stopped}: {lacking}"
+
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node):
         """xdist controller: give each worker the session folder (stage files, its temporary folders)."""
@@ -181,9 +223,8 @@ class CompatState:
         if self.session_dir:
             shutil.rmtree(self.session_dir, ignore_errors=True)
         if self.checkpoints is not None:
-            interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
-            self.checkpoints.write(complete=not interrupted,
-                                   reason="interrupted (SIGINT or SIGTERM)" if interrupted else None)
+            complete, reason = self.completeness(session, exitstatus)
+            self.checkpoints.write(complete=complete, reason=reason)
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
         if not self.records:

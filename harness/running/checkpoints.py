@@ -5,6 +5,7 @@ most every CHECKPOINT_INTERVAL_S seconds with the cells finished so far and `com
 says `complete: true` only if every selected cell was recorded. So Ctrl-C, a CI timeout's SIGTERM, even a
 SIGKILL of the runner leave a valid JSON report, never a truncated file. `--resume` reads that report back,
 keeps its cells and runs only the missing ones; records are keyed by cell_id, so no cell is ever duplicated.
+The first SIGINT / SIGTERM stops a run; later ones are ignored until its final write is done (StopSignals).
 
 One report, one writer: a run holds an exclusive lock on `<report>.lock` (ReportLock) from before it reads the
 report (--resume) until its last write; a second run on the same report is refused at once (ReportLocked: exit
@@ -18,7 +19,6 @@ import os
 import signal
 import sys
 import time
-from contextlib import contextmanager
 
 from harness.reporting.report import ReportError, read_report, write_report
 
@@ -30,26 +30,69 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be: the same clean shutdown path."""
 
 
-@contextmanager
-def sigterm_as_interrupt():
-    """Within the block, SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread."""
-    def handler(signum, frame):
-        raise Terminated()
+class StopSignals:
+    """SIGINT and SIGTERM for a run that writes a report (`harness run`, the pytest controller).
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    The first of them raises KeyboardInterrupt (SIGINT) or Terminated (SIGTERM) where the run is, so that it
+    stops as after Ctrl-C. From then on, and from `defer()` on (the final write of a run that was not
+    interrupted), every further SIGINT / SIGTERM is only noted: a second Ctrl-C, or a CI runner that sends
+    SIGINT and then SIGTERM, can no longer break the shutdown or the final write of the report, nor print a
+    traceback. The shutdown is bounded: a worker in a cell is killed, not waited for (pytest-xdist gives its
+    workers 10 s); SIGKILL is the way to stop a run at once, and leaves the last checkpoint, a valid report."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: list[int] = []
+        self.stopping = False
+        self._previous: dict = {}
+
+    def install(self) -> "StopSignals":
+        try:
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self.uninstall(force=True)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received.append(signum)
+        if self.stopping:
+            return  # already stopping: finish the shutdown and the report
+        self.stopping = True
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    def defer(self) -> None:
+        """From here on no signal interrupts: the final write, the summary."""
+        self.stopping = True
+
+    def uninstall(self, force: bool = False) -> None:
+        """Give the signals back to what handled them before. Not after a signal came, unless forced: then the
+        process is on its way out, and one more Ctrl-C while it exits (interpreter shutdown, which resets
+        Python-level handlers to the default action) must neither print a traceback nor kill it with the wrong
+        exit status, so SIGINT and SIGTERM are ignored from here on."""
+        if self.received and not force:
+            for sig in self._previous:
+                signal.signal(sig, signal.SIG_IGN)
+        else:
+            for sig, previous in self._previous.items():
+                signal.signal(sig, previous)
+        self._previous.clear()
+
+    def __enter__(self) -> "StopSignals":
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.uninstall()
 
 
 def interrupt_reason(exc: BaseException) -> tuple[str, int]:
     """(incomplete_reason, exit code) for an interrupt."""
-    if isinstance(exc, Terminated):
+    return signal_reason(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+
+
+def signal_reason(signum: int) -> tuple[str, int]:
+    if signum == signal.SIGTERM:
         return "terminated (SIGTERM)", 128 + signal.SIGTERM
     return "interrupted (SIGINT)", 128 + signal.SIGINT
 

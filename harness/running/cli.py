@@ -28,7 +28,7 @@ def default_report_path() -> str:
 
 
 def cmd_run(args) -> int:
-    from harness.running.checkpoints import ReportLock
+    from harness.running.checkpoints import ReportLock, StopSignals
 
     isolation = isolate_value(args.isolation)
     if args.timeout is not None and not args.timeout > 0:
@@ -40,17 +40,19 @@ def cmd_run(args) -> int:
         raise UsageError(f"--keep-failed {args.keep_failed}: exists and is not a folder")
     # one writer per report: a second run on the same --out is refused (ReportLocked: exit 2) before it reads
     # or writes anything, and the lock is held until this run's last write (the --table merge included)
-    with ReportLock(args.out):
-        return _run_locked(args, isolation)
+    # SIGINT / SIGTERM: the first stops the run where it is, any later one is ignored while the run shuts down
+    # and writes its report (a second Ctrl-C exits quietly, the report is valid and final)
+    with StopSignals() as signals, ReportLock(args.out):
+        return _run_locked(args, isolation, signals)
 
 
-def _run_locked(args, isolation) -> int:
+def _run_locked(args, isolation, signals) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from harness.roundtrip.cell import cell_id
     from harness.roundtrip.environment import environment
-    from harness.running.checkpoints import ReportCheckpoints, interrupt_reason, resume_records, sigterm_as_interrupt
+    from harness.running.checkpoints import ReportCheckpoints, interrupt_reason, resume_records, signal_reason
     from harness.running.isolation import CellRunner
 
     cases = load_cases(*args.cases)
@@ -67,7 +69,7 @@ def _run_locked(args, isolation) -> int:
     interrupted, exit_code = None, None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[counts]}"))
-    with sigterm_as_interrupt(), Progress(*columns, console=console, disable=args.quiet) as progress:
+    with Progress(*columns, console=console, disable=args.quiet) as progress:
         task = progress.add_task("cells", total=len(todo), counts="")
         try:
             for case, device, dtype in todo:
@@ -79,9 +81,10 @@ def _run_locked(args, isolation) -> int:
                     progress.console.print(f"[red]{record['status']}[/red] {record['cell_id']} "
                                            f"stage={record['stage']}: {(record['message'] or '')[:160]}")
                 progress.update(task, advance=1, counts=summary.counts_line(counts))
-        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see harness/interrupt.py)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see checkpoints.StopSignals)
             interrupted, exit_code = interrupt_reason(exc)
         finally:
+            signals.defer()  # nothing interrupts the shutdown and the final write
             runner.close()
     records = list(checkpoints.records.values())
     selected = {cell_id(c.id, d, t) for c, d, t in cells}
@@ -99,6 +102,8 @@ def _run_locked(args, isolation) -> int:
         console.print(f"table of this environment -> {table} (+ .md, .html)")
     if interrupted:
         return exit_code
+    if signals.received:  # asked to stop while the finished run wrote its (complete) report
+        return signal_reason(signals.received[0])[1]
     return EXIT_RED if summary.red_count(summary.counts(records)) else EXIT_OK
 
 
@@ -178,6 +183,12 @@ def main(argv=None) -> int:
     except (CaseError, KnownIssuesError, ReportError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt as exc:  # Ctrl-C / SIGTERM before a run's cells started: nothing was written
+        from harness.running.checkpoints import interrupt_reason
+
+        reason, code = interrupt_reason(exc)
+        print(f"{reason}: stopped", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import tempfile
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from harness.roundtrip.environment import versions_line
 from harness.roundtrip.families import BaseCheckpoints
 from harness.running import summary
 from harness.reporting.report import ReportError
-from harness.running.checkpoints import ReportCheckpoints, ReportLock, Terminated
+from harness.running.checkpoints import ReportCheckpoints, ReportLock, StopSignals, Terminated
 from harness.running.isolation import DEFAULT_TIMEOUT_S, ISOLATION_CHOICES, ISOLATION_HELP, CellRunner, isolate_value
 from harness.specs.case import CaseError
 from harness.specs.known_issues import KnownIssuesError, load_known_issues
@@ -87,7 +86,7 @@ class CompatState:
                 raise pytest.UsageError(f"peft-compat: {exc}") from None
         self.checkpoints = ReportCheckpoints(path) if path and not self.is_worker else None
         self.records = self.checkpoints.records if self.checkpoints else {}
-        self._previous_sigterm = None
+        self.signals: StopSignals | None = None
         # the cell ids pytest selected (after -k / -m / deselection), known once collection is done: from the
         # session's items in a plain run, from the workers' collections on an xdist controller
         self.selected: set[str] | None = None
@@ -196,35 +195,35 @@ class CompatState:
             self.session_dir = tempfile.mkdtemp(prefix="peft-compat-session-")
         node.workerinput["peft_compat_session_dir"] = self.session_dir
 
-    def install_sigterm(self):
-        """The controller (or a plain run) treats SIGTERM like Ctrl-C: the report is written, incomplete."""
-        if self.is_worker:
-            return
-
-        def handler(signum, frame):
-            raise Terminated()
-        try:
-            self._previous_sigterm = signal.signal(signal.SIGTERM, handler)
-        except ValueError:  # not the main thread
-            self._previous_sigterm = None
+    def install_signals(self):
+        """The controller (or a plain run) treats SIGTERM like Ctrl-C, and ignores any signal after the first
+        while the session ends: the report is written, incomplete, whatever the signals that follow."""
+        if not self.is_worker:
+            self.signals = StopSignals().install()
 
     def pytest_unconfigure(self, config):
-        if self._previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, self._previous_sigterm)
-            self._previous_sigterm = None
+        if self.signals is not None:
+            self.signals.uninstall()
+            self.signals = None
         if self.lock is not None:
             self.lock.release()
             self.lock = None
 
+    @pytest.hookimpl(hookwrapper=True)
     def pytest_sessionfinish(self, session, exitstatus):
-        self.runner.close()  # stops the cell worker, removes the base checkpoints
-        if self.is_worker:  # an xdist worker: the controller writes the report
-            return
-        if self.session_dir:
-            shutil.rmtree(self.session_dir, ignore_errors=True)
+        """The final report is written before any other plugin's pytest_sessionfinish runs: pytest-xdist tears
+        its workers down in its own (up to 10 s for a worker stuck in a cell), and a signal then, or a SIGKILL
+        after it, must not cost the report. From here on signals are deferred (StopSignals). The cell worker,
+        the base checkpoints and the session folder go after every other plugin's, when no worker runs."""
+        if self.signals is not None:
+            self.signals.defer()
         if self.checkpoints is not None:
             complete, reason = self.completeness(session, exitstatus)
             self.checkpoints.write(complete=complete, reason=reason)
+        yield
+        self.runner.close()  # stops the cell worker, removes the base checkpoints
+        if self.session_dir and not self.is_worker:
+            shutil.rmtree(self.session_dir, ignore_errors=True)
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
         if not self.records:
@@ -252,7 +251,7 @@ def pytest_configure(config):
         config.addinivalue_line("markers", f"{tag}: case tag (from case files)")
     config.stash[STATE] = state
     config.pluginmanager.register(state, "peft-compat-state")
-    state.install_sigterm()
+    state.install_signals()
 
 
 def pytest_collect_file(file_path, parent):

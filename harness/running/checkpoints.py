@@ -4,8 +4,9 @@ While a run goes on, the report at --out is rewritten atomically (temporary file
 most every CHECKPOINT_INTERVAL_S seconds with the cells finished so far and `complete: false`; the final write
 says `complete: true` only if every selected cell was recorded. So Ctrl-C, a CI timeout's SIGTERM, even a
 SIGKILL of the runner leave a valid JSON report, never a truncated file. `--resume` reads that report back,
-keeps its cells and runs only the missing ones; records are keyed by cell_id, so no cell is ever duplicated.
-The first SIGINT / SIGTERM stops a run; later ones are ignored until its final write is done (StopSignals).
+keeps its cells and runs only the missing ones (and those the harness could not start); records are keyed by
+cell_id, so no cell is ever duplicated. The first SIGINT / SIGTERM stops a run; later ones are ignored until
+its final write is done (StopSignals).
 
 One report, one writer: a run holds an exclusive lock on `<report>.lock` (ReportLock) from before it reads the
 report (--resume) until its last write; a second run on the same report is refused at once (ReportLocked: exit
@@ -119,9 +120,12 @@ class ReportCheckpoints:
 
 
 def resume_records(path: str, environment: dict) -> dict[str, dict]:
-    """The cells of an earlier (possibly interrupted) report at `path`, to be kept by a resumed run.
-    A missing file resumes nothing; a file that is not a valid report, or was written with other versions,
-    raises ReportError naming the path and the reason."""
+    """The cells of an earlier (possibly interrupted) report at `path`, to be kept by a resumed run; a record
+    that says its cell never ran (the harness could not start it: isolation.never_started) is not kept, so
+    the cell runs again. A missing file resumes nothing; a file that is not a valid report, or was written with
+    other versions, raises ReportError naming the path and the reason."""
+    from harness.running.isolation import never_started
+
     if not os.path.exists(path):
         return {}
     report = read_report(path)
@@ -131,7 +135,7 @@ def resume_records(path: str, environment: dict) -> dict[str, dict]:
     if changed:
         raise ReportError(f"{path}: cannot resume: the report was written with other versions ({'; '.join(changed)});"
                           f" run without --resume to replace it")
-    return {cell["cell_id"]: cell for cell in report["cells"]}
+    return {cell["cell_id"]: cell for cell in report["cells"] if not never_started(cell)}
 
 
 class ReportLocked(ReportError):

@@ -165,6 +165,9 @@ import peft
 import safetensors  # noqa: F401  (safetensors is what save_pretrained writes and from_pretrained reads)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded
+# every torch.load loads weights only, whatever the environment says (older peft calls it without weights_only)
+os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
 
 CONFIG_CLASS = transformers.{config_class}
 MODEL_CLASS = transformers.{model_class}

@@ -16,6 +16,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Nothing the harness loads is unpickled: torch.load loads weights only, whatever the caller's environment says.
+# peft <= 0.12 calls torch.load without weights_only, which TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 turns into a full
+# unpickling (a planted adapter_model.bin would run its code); TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 makes every
+# torch.load weights-only, even one that passes weights_only=False. torch reads both at each torch.load (and
+# raises if both are set); forked cell workers share this os.environ, and subprocesses (pytest-xdist workers,
+# tox) inherit it.
+os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
 
 from harness.roundtrip.cell import cell_id  # noqa: E402
 from harness.roundtrip.check import load_case_file, load_cases, read_case_file  # noqa: E402

@@ -138,3 +138,68 @@ def test_a_report_is_written_atomically(tmp_path):
     out.write_text(before[: len(before) // 2])  # what a non-atomic writer would leave
     with pytest.raises(ReportError, match="not JSON"):
         read_report(str(out))
+
+
+def _keep_signalling(proc, sig, every: float = 0.02, limit: float = 120.0):
+    """Send `sig` again and again until the process exits (an impatient user, a CI runner's shutdown): the
+    later signals land wherever the run is in its shutdown. Returns (stdout, stderr)."""
+    deadline = time.monotonic() + limit
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            break
+        time.sleep(every)
+    try:
+        return proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"the run did not exit while being signalled:\n{out}\n{err}") from None
+
+
+@pytest.mark.parametrize("sig, code, reason", [(signal.SIGINT, 130, "interrupted (SIGINT)"),
+                                               (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_signals_during_the_shutdown_of_a_run_exit_quietly_with_a_valid_report(three_cells, tmp_path, sig, code,
+                                                                               reason):
+    """Ctrl-C pressed again and again (or SIGTERM repeated) while `harness run` stops: no traceback, the
+    interrupt's exit status, and the final report (not the last checkpoint) on disk."""
+    out = tmp_path / "report.json"
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    proc = subprocess.Popen([sys.executable, str(driver), "run", "--cases", str(three_cells), "--out", str(out), "-q",
+                             "--table"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_cells(out, 1, proc)
+    time.sleep(1.0)  # the second cell hangs in its process
+    _, stderr = _keep_signalling(proc, sig)
+    assert proc.returncode == code, stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    report = read_report(str(out))
+    assert report["complete"] is False
+    assert report["incomplete_reason"].startswith(reason), report["incomplete_reason"]  # the final write
+    assert [c["cell_id"] for c in report["cells"]] == IDS[:1]
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-") or p.endswith(".lock")]
+
+
+def test_sigterm_while_xdist_stops_its_workers_keeps_the_final_report(three_cells, tmp_path):
+    """SIGTERM, then SIGTERM again while pytest-xdist tears its workers down (one of them is stuck in a hanging
+    cell, so the teardown takes seconds): the final report is written anyway, and no traceback."""
+    (three_cells / "conftest.py").write_text(PYTEST_CONFTEST)
+    (three_cells / "pytest.ini").write_text("[pytest]\n")
+    out = tmp_path / "report.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "harness.running.plugin", "--cases", str(three_cells), str(three_cells),
+         "-p", "no:cacheprovider", "--rootdir", str(three_cells), "-q", "-n", "2", "--compat-report", str(out)],
+        cwd=three_cells, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_cells(out, 1, proc)
+    time.sleep(1.0)  # b hangs in its worker (xdist sends the three cells round robin: a and c to gw0, b to gw1)
+    stdout, stderr = _keep_signalling(proc, signal.SIGTERM, every=0.2)
+    assert proc.returncode == 2, stdout + stderr  # pytest's "interrupted"
+    assert "Traceback" not in stdout + stderr, stdout + stderr
+    report = read_report(str(out))
+    assert report["complete"] is False
+    # the final write, not the last checkpoint ("in progress ...")
+    assert report["incomplete_reason"].startswith("terminated (SIGTERM): "), report["incomplete_reason"]
+    assert IDS[1] in report["incomplete_reason"]
+    cells = [c["cell_id"] for c in report["cells"]]
+    assert IDS[0] in cells and IDS[1] not in cells

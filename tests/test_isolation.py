@@ -3,18 +3,21 @@ sends it) and a real hang, in the child that runs the cell; the parent records t
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import pytest
 
 import harness.running.isolation as iso
 from harness import load_case_file
+from harness.specs.case import Case
 from harness.running.isolation import CellRunner, run_cell_isolated
 from harness.reporting.report import read_report
 
@@ -194,3 +197,85 @@ def test_cell_timeout_without_isolation_is_a_usage_error(crashy_matrix, tmp_path
     assert result.returncode == 4
     assert "--cell-timeout needs isolation" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- a worker that dies between two cells ----------------------------------------------------------------
+
+def _wait_until_dead(pid: int, limit: float = 30.0) -> None:
+    """Until `pid` (our child) has exited; it is not reaped: the runner must find out for itself."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not die")
+
+
+def test_a_worker_that_died_idle_does_not_cost_the_next_cell(write_case, private_tmp):
+    """The worker is SIGKILLed (as the OOM killer would) while it waits for its next cell: that cell never ran
+    in it, so it runs in a fresh worker and passes; nothing is recorded as crashed."""
+    ok = load_case_file(write_case(id="bert_classifier-lora-ok", devices=["cpu"]))
+    runner = CellRunner(known_issues=[])
+    try:
+        assert runner.run(ok, "cpu", "fp32")["status"] == "pass"
+        idle = runner._worker.pid
+        os.kill(idle, signal.SIGKILL)
+        _wait_until_dead(idle)
+        record = runner.run(ok, "cpu", "fp32")
+        assert (record["status"], record["exception_type"]) == ("pass", None), record["message"]
+        assert runner._worker.pid != idle
+
+        # the same, but the worker is stopped (SIGSTOP) before it can read the cell, and killed once the cell
+        # has been sent to it: it dies before the cell began, so the cell runs again in a fresh worker
+        stopped = runner._worker.pid
+        os.kill(stopped, signal.SIGSTOP)
+        killer = threading.Timer(1.0, os.kill, (stopped, signal.SIGKILL))
+        killer.start()
+        try:
+            record = runner.run(ok, "cpu", "fp32")
+        finally:
+            killer.join()
+        assert (record["status"], record["exception_type"]) == ("pass", None), record["message"]
+        assert runner._worker.pid not in (idle, stopped)
+    finally:
+        runner.close()
+    assert leftovers(private_tmp) == []
+
+
+class _Unstartable(Case):
+    """A case whose worker dies as it unpickles the cell (before the cell begins), in every worker."""
+
+    def __reduce__(self):
+        return os._exit, (9,)
+
+
+def test_a_cell_the_harness_could_not_start_is_not_kept_by_resume(write_case, case_dir, tmp_path, private_tmp):
+    from harness.running.checkpoints import ReportCheckpoints
+    from harness.running.cli import main
+
+    write_case(name="a", id="bert_classifier-lora-a", devices=["cpu"])
+    path_b = write_case(name="b", id="bert_classifier-lora-b", devices=["cpu"])
+    out = tmp_path / "report.json"
+    assert main(["run", "--cases", str(case_dir), "--out", str(out), "-q"]) == 0
+    first = {c["cell_id"]: c for c in read_report(str(out))["cells"]}
+
+    case_b = load_case_file(path_b)
+    unstartable = _Unstartable(**{f.name: getattr(case_b, f.name) for f in dataclasses.fields(Case)})
+    runner = CellRunner(known_issues=[])
+    try:
+        record = runner.run(unstartable, "cpu", "fp32")
+    finally:
+        runner.close()
+    # two workers died before the cell began: the record says the harness could not start it
+    assert record["status"] == "crashed" and record["exception_type"] == iso.NOT_STARTED
+    assert record["stage"] is None and "could not start" in record["message"]
+    assert "exit code 9" in record["message"]
+
+    crashed = dict(first["bert_classifier-lora-a[cpu-fp32]"], status="crashed", stage="save",
+                   exception_type="exit code 9", message="planted: a real crash of the cell is kept")
+    checkpoints = ReportCheckpoints(str(out), {r["cell_id"]: r for r in (crashed, record)})
+    checkpoints.write(complete=True)
+    assert main(["run", "--cases", str(case_dir), "--out", str(out), "-q", "--resume"]) == 1  # the kept crash
+    cells = {c["cell_id"]: c for c in read_report(str(out))["cells"]}
+    assert cells["bert_classifier-lora-a[cpu-fp32]"]["message"] == crashed["message"]  # kept, not rerun
+    assert cells["bert_classifier-lora-b[cpu-fp32]"]["status"] == "pass"  # never started: run again

@@ -139,6 +139,37 @@ def test_merge_refuses_two_reports_of_one_env(reports, tmp_path):
         hmerge.merge_files([str(reports)], str(tmp_path / "compat.json"))
 
 
+@pytest.mark.parametrize("strict", [[], ["--strict"]])
+def test_merge_of_no_report_is_an_error(tmp_path, capsys, strict):
+    empty = tmp_path / "reports"
+    empty.mkdir()
+    # a folder with only a merged matrix holds no per-env report either
+    (empty / "compat.json").write_text(json.dumps({"kind": "peft-compat-matrix"}))
+    out = tmp_path / "out" / "compat.json"
+    assert cli_main(["merge", str(empty), "--out", str(out), *strict]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "no per-environment report" in err
+    assert str(empty) in err
+    assert not out.exists()
+
+
+def test_merge_strict_counts_incomplete_envs_and_missing_entries(tmp_path, capsys):
+    d = tmp_path / "reports"
+    d.mkdir()
+    write(d / "peft014-tf447.json", report("peft014-tf447", "0.14.0", "4.47.1", {BERT: "pass", VIT: "pass"}))
+    cut = report("peft021-tf523", "0.21.2", "5.23.0", {BERT: "pass", VIT: "pass"}, complete=False)
+    write(d / "peft021-tf523.json", dict(cut, incomplete_reason="interrupted (SIGINT)"))
+    out = tmp_path / "compat.json"
+    assert cli_main(["merge", str(d), "--out", str(out), "--no-render"]) == 0  # not strict: the table is written
+    assert cli_main(["merge", str(d), "--out", str(out), "--no-render", "--strict"]) == 1  # every entry passes
+    printed = capsys.readouterr().out
+    assert "environments with an incomplete report: peft021-tf523 (interrupted (SIGINT))" in printed
+    # complete reports, but one lacks a cell the other has: a "missing" entry is red under --strict
+    write(d / "peft021-tf523.json", report("peft021-tf523", "0.21.2", "5.23.0", {BERT: "pass"}))
+    assert cli_main(["merge", str(d), "--out", str(out), "--no-render", "--strict"]) == 1
+    assert "1 red entries" in capsys.readouterr().out
+
+
 def test_merge_skips_its_own_output_and_matrices(reports, tmp_path):
     out = reports / "compat.json"
     hmerge.merge_files([str(reports)], str(out), render=False)
@@ -184,10 +215,54 @@ def test_diff_finds_a_planted_regression(tmp_path, capsys):
 def test_diff_of_single_reports_and_new_removed_cells(tmp_path, capsys):
     a = write(tmp_path / "a.json", report("peft014-tf447", "0.14.0", "4.47.1", {BERT: "pass", VIT: "pass"}))
     b = write(tmp_path / "b.json", report("peft021-tf523", "0.21.2", "5.23.0", {BERT: "pass", IA3: "pass"}))
-    assert cli_main(["diff", a, b]) == 0
+    assert cli_main(["diff", a, b]) == 1  # a cell of the old run that the new one lacks is lost, never green
     out = capsys.readouterr().out
-    assert f"new cells (1):\n  {IA3}[cpu-fp32]" in out and f"removed cells (1):\n  {VIT}[cpu-fp32]" in out
+    assert f"new cells (1):\n  {IA3}[cpu-fp32]" in out
+    assert f"LOST CELLS (1):\n  {VIT}[cpu-fp32]: in the old run, not in the new one" in out
     assert "environments" not in out  # two single reports: compared cell by cell
+    c = write(tmp_path / "c.json", report("peft021-tf523", "0.21.2", "5.23.0", {BERT: "pass", VIT: "pass", IA3: "pass"}))
+    assert cli_main(["diff", a, c]) == 0  # only new cells: nothing lost
+    assert "LOST" not in capsys.readouterr().out
+
+
+def test_diff_fails_when_the_new_side_is_incomplete_or_has_lost_cells(tmp_path, capsys):
+    """A cell the new run does not show is never read as green: an incomplete new report, an incomplete env in
+    a new matrix, and a cell whose new entry is "missing" make diff exit 1, with a line that says so."""
+    old = write(tmp_path / "old.json", report("peft014-tf447", "0.14.0", "4.47.1", {BERT: "pass", VIT: "error"}))
+    cut = report("peft014-tf447", "0.14.0", "4.47.1", {BERT: "pass", VIT: "error"}, complete=False)
+    cut["incomplete_reason"] = "interrupted (SIGINT)"
+    new = write(tmp_path / "new.json", cut)
+    assert cli_main(["diff", old, new]) == 1  # same cells, same statuses: only the new run's completeness is wrong
+    out = capsys.readouterr().out
+    assert "INCOMPLETE (1):\n  (report): the new run did not finish: interrupted (SIGINT)" in out
+    assert "no differences" not in out
+    assert cli_main(["diff", new, old]) == 0  # an incomplete OLD side is no reason to fail the new run
+
+    # matrices: an env whose report says complete: false, and an entry that became "missing" (not a regression:
+    # it was an error before, and "missing" says nothing about the libraries)
+    old_m = _matrix(tmp_path, "old", {"peft014-tf447": ("0.14.0", "4.47.1", {BERT: "pass", VIT: "error"}),
+                                      "peft021-tf523": ("0.21.2", "5.23.0", {BERT: "pass", VIT: "pass"})})
+    d = tmp_path / "new"
+    d.mkdir()
+    write(d / "peft014-tf447.json", report("peft014-tf447", "0.14.0", "4.47.1", {BERT: "pass"}))
+    write(d / "peft021-tf523.json", report("peft021-tf523", "0.21.2", "5.23.0", {BERT: "pass", VIT: "pass"}))
+    new_m = str(tmp_path / "new.json")
+    hmerge.merge_files([str(d)], new_m, render=False)
+    assert cli_main(["diff", old_m, new_m]) == 1
+    out = capsys.readouterr().out
+    assert f"LOST CELLS (1):\n  {VIT}[cpu-fp32] @ peft014-tf447: error -> missing" in out
+    result = hdiff.compare(hdiff.load_side(old_m), hdiff.load_side(new_m))
+    assert result["regressions"] == [] and result["changes"] == []
+
+    write(d / "peft014-tf447.json", dict(report("peft014-tf447", "0.14.0", "4.47.1", {BERT: "pass", VIT: "error"},
+                                                complete=False), incomplete_reason="terminated (SIGTERM)"))
+    hmerge.merge_files([str(d)], new_m, render=False)
+    assert cli_main(["diff", old_m, new_m]) == 1
+    out = capsys.readouterr().out
+    assert "INCOMPLETE (1):\n  peft014-tf447: the new run did not finish: terminated (SIGTERM)" in out
+    assert cli_main(["diff", old_m, new_m, "--markdown"]) == 1
+    md = capsys.readouterr().out
+    assert "**The new run is incomplete**" in md and "| `peft014-tf447` | terminated (SIGTERM) |" in md
 
 
 def test_diff_install_failure_is_a_regression(tmp_path):
@@ -363,3 +438,20 @@ def test_reclassify_applies_the_current_table_with_the_recorded_versions(tmp_pat
     assert rep["summary"] == {"fixed": 1, "error": 1, "fail": 1}
     from harness.reporting.report import validate_report
     validate_report(rep)
+
+
+def test_a_column_of_other_devices_does_not_make_the_cpu_cells_missing(tmp_path):
+    """The nightly's <env>-cuda.json holds only CUDA cells: its CPU entries are skipped there, not missing
+    (missing is red under --strict); a CPU cell absent from a CPU run stays missing."""
+    from matrix_fixtures import cell, environment
+
+    cpu = report("peft021-tf523", "0.21.2", "5.23.0", {c[0]: "pass" for c in CASES})
+    gpu = report("peft021-tf523", "0.21.2", "5.23.0", {})
+    gpu["cells"] = [cell(*CASES[0], "pass", environment("peft021-tf523", "0.21.2", "5.23.0"), device="cuda")]
+    lost = report("peft020-tf514", "0.20.0", "5.14.1", {c[0]: "pass" for c in CASES[1:]})
+    matrix = hmerge.build_matrix([("peft021-tf523.json", cpu), ("peft021-tf523-cuda.json", gpu),
+                                  ("peft020-tf514.json", lost)])
+    by_id = {row["cell_id"]: row["entries"] for row in matrix["cells"]}
+    first = f"{CASES[0][0]}[cpu-fp32]"
+    assert by_id[first]["peft021-tf523-cuda"]["status"] == "skipped"
+    assert by_id[first]["peft020-tf514"]["status"] == "missing"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -48,11 +50,68 @@ def test_a_planted_pickle_does_not_execute(write_case, tmp_path, case, filename)
     assert "weights_only" in record["message"] or "Unpickl" in (record["exception_type"] or "")
 
 
-def test_the_planted_pickle_is_real(tmp_path):
-    """The fault is not a dud: an unsafe load of the same file does run the code."""
+def test_the_planted_pickle_is_real(tmp_path, monkeypatch):
+    """The fault is not a dud: an unsafe load of the same file does run the code (once the harness's own
+    TORCH_FORCE_WEIGHTS_ONLY_LOAD is out of the way)."""
+    monkeypatch.delenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", raising=False)
     marker, path = tmp_path / "marker", tmp_path / "x.pt"
     plant(path, marker)
     torch.load(path, weights_only=False)
+    assert marker.read_text() == "code ran"
+
+
+# What peft <= 0.12 does when it loads adapter_model.bin: torch.load without weights_only, so that the
+# caller's TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 turns it into a full unpickling. In this process and in a forked
+# child (a cell worker), after importing the harness as every front does.
+UNSAFE_CALLER = """
+import os, sys
+{import_harness}
+import torch
+
+path = sys.argv[1]
+
+
+def load_like_old_peft():
+    try:
+        torch.load(path, map_location="cpu")
+        print("loaded")
+    except Exception as exc:
+        print(type(exc).__name__)
+    sys.stdout.flush()
+
+
+load_like_old_peft()
+pid = os.fork()
+if pid == 0:
+    load_like_old_peft()
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def _load_in_a_fresh_process(path, import_harness: bool):
+    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+    env.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)  # set in this test process by its own import of harness
+    code = UNSAFE_CALLER.format(import_harness="import harness" if import_harness else "")
+    return subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_the_callers_environment_cannot_turn_weights_only_off(tmp_path):
+    marker, path = tmp_path / "marker", tmp_path / "adapter_model.bin"
+    plant(path, marker)
+    result = _load_in_a_fresh_process(path, import_harness=True)
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists(), "the planted pickle executed code"
+    assert result.stdout.split() == ["UnpicklingError", "UnpicklingError"], result.stdout + result.stderr
+
+
+def test_without_the_harness_that_environment_does_run_the_code(tmp_path):
+    """The fault is not a dud: the same caller without the harness imported does run the planted code."""
+    marker, path = tmp_path / "marker", tmp_path / "adapter_model.bin"
+    plant(path, marker)
+    result = _load_in_a_fresh_process(path, import_harness=False)
+    assert result.returncode == 0, result.stderr
     assert marker.read_text() == "code ran"
 
 
@@ -86,5 +145,6 @@ def test_the_generated_repro_loads_only_safely(write_case):
 
     case = load_case_file(write_case(save={"mode": "torch_state_dict"}, load={"mode": "state_dict_into_peft"}))
     text = repro_script(case, {"cell_id": "x", "status": "fail", "device": "cpu", "dtype": "fp32", "tolerance": 1e-5})
+    assert 'os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"' in text  # and so does peft's own torch.load
     loads = [node for name, node in _calls(ast.parse(text)) if name == "torch.load"]
     assert loads and all(any(k.arg == "weights_only" and k.value.value is True for k in n.keywords) for n in loads)

@@ -101,3 +101,42 @@ def test_full_set_cells_are_collected_only_with_full(write_case, case_dir, tmp_p
     assert [l.split("::")[1] for l in fast.stdout.splitlines() if "::" in l] == ["bert_classifier-lora-ok[cpu-fp32]"]
     full = pytest_run(case_dir, known, "--collect-only", "-q", "-m", "full and not cuda", "--full")
     assert [l.split("::")[1] for l in full.stdout.splitlines() if "::" in l] == ["bert_classifier-lora-ok[cpu-bf16]"]
+
+
+VACUOUS = {"type": "LoraConfig", "init": "config", "kwargs": {"r": 4, "target_modules": ["query"]}}
+
+
+@pytest.mark.parametrize("args", [["-x"], ["--maxfail", "1", "-n", "2"]], ids=["x", "maxfail-xdist"])
+def test_a_run_stopped_early_writes_an_incomplete_report(write_case, case_dir, tmp_path, args):
+    """-x / --maxfail stop the run with cells not run: the report must not say complete, and says why."""
+    write_case(name="a", id="bert_classifier-lora-a-vacuous", devices=["cpu"], adapter=VACUOUS)
+    for name in "bcdef":
+        write_case(name=name, id=f"bert_classifier-lora-{name}", devices=["cpu"], dtypes=["fp32", "bf16"])
+    known = tmp_path / "known.toml"
+    known.write_text("")
+    out = tmp_path / "report.json"
+    result = pytest_run(case_dir, known, "--compat-report", str(out), "-q", "-k", "not lora-f", *args)
+    assert result.returncode in (1, 2), result.stdout + result.stderr  # failed (-x) / interrupted (xdist)
+    report = read_report(str(out))
+    recorded = {c["cell_id"] for c in report["cells"]}
+    assert "bert_classifier-lora-a-vacuous[cpu-fp32]" in recorded
+    selected = 1 + 4 * 2  # the vacuous cell and 4 cases x 2 dtypes; lora-f is deselected, not missing
+    assert len(recorded) < selected
+    assert report["complete"] is False
+    reason = report["incomplete_reason"]
+    assert "stopping after 1 failures" in reason
+    assert f"{selected - len(recorded)} of {selected} selected cells have no record" in reason, reason
+    assert "lora-f" not in reason
+
+
+def test_a_run_with_deselected_cells_is_complete(write_case, case_dir, tmp_path):
+    write_case(name="b", id="bert_classifier-lora-b", devices=["cpu"])
+    write_case(name="f", id="bert_classifier-lora-f", devices=["cpu"])
+    known = tmp_path / "known.toml"
+    known.write_text("")
+    out = tmp_path / "report.json"
+    result = pytest_run(case_dir, known, "--compat-report", str(out), "-q", "-k", "not lora-f")
+    assert result.returncode == 0, result.stdout
+    report = read_report(str(out))
+    assert [c["cell_id"] for c in report["cells"]] == ["bert_classifier-lora-b[cpu-fp32]"]
+    assert report["complete"] is True and report["incomplete_reason"] is None

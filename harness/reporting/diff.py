@@ -2,8 +2,14 @@
 
 Each side is a merged matrix (compat.json from `merge`) or a single per-env report; a single report is one
 column. Two single reports are compared cell by cell whatever their environment names. Prints regressions
-(pass -> red), fixes (red -> pass), other status changes, new / removed cells and new / removed environments.
-Exit status: 1 if there is a regression, 0 otherwise, 2 if an input cannot be used (path and reason printed).
+(pass -> red), fixes (red -> pass), other status changes, lost and new cells, new / removed environments, and
+the new side's incomplete environments.
+
+A cell the new run does not show is never read as green: "lost" cells (in the old run, absent from the new one,
+or "missing" now in an environment that had them) and an incomplete new side (a report with `complete: false`,
+or an environment of a matrix whose state is "incomplete" or "env-failed") fail the diff like a regression.
+Exit status: 1 if there is a regression, a lost cell or an incomplete new side, 0 otherwise, 2 if an input cannot
+be used (path and reason printed).
 """
 from __future__ import annotations
 
@@ -73,6 +79,13 @@ def _any_env_ran(matrix: dict) -> bool:
     return any(env["state"] != "env-failed" for env in matrix["environments"])
 
 
+def _incomplete_envs(matrix: dict, single: bool) -> list[dict]:
+    """The environments of a side whose report did not finish (complete: false) or that could not run."""
+    return [{"env": SINGLE if single else env["name"], "state": env["state"],
+             "reason": env.get("reason") or "no reason given"}
+            for env in matrix["environments"] if env["state"] != "ok"]
+
+
 def compare(old: dict, new: dict) -> dict:
     single = bool(old.get("_single") and new.get("_single"))
     old_envs = [SINGLE] if single else [e["name"] for e in old["environments"]]
@@ -84,18 +97,25 @@ def compare(old: dict, new: dict) -> dict:
     _fill_failed_envs(new, b, old_cells | new_cells, single)
     # a side whose every environment failed to set up says nothing about which cells exist
     old_ran, new_ran = _any_env_ran(old), _any_env_ran(new)
-    result = {"regressions": [], "fixes": [], "changes": [],
+    result = {"regressions": [], "fixes": [], "changes": [], "lost": [],
               "new_cells": sorted(new_cells - old_cells) if old_ran else [],
               "removed_cells": sorted(old_cells - new_cells) if new_ran else [],
               "new_envs": [e for e in new_envs if e not in old_envs],
-              "removed_envs": [e for e in old_envs if e not in new_envs]}
+              "removed_envs": [e for e in old_envs if e not in new_envs],
+              "incomplete": _incomplete_envs(new, single)}
+    # lost: a cell of the old run that the new run does not show at all, or that an environment recorded
+    # before and lacks now ("missing" in the merged table)
+    result["lost"] = [{"env": None, "cell_id": cid, "old": None, "new": None, "stage": None,
+                       "reason": "in the old run, not in the new one"} for cid in result["removed_cells"]]
     for key in sorted(set(a) & set(b)):
         before, after = a[key]["status"], b[key]["status"]
         if before == after:
             continue
         item = {"env": key[0], "cell_id": key[1], "old": before, "new": after, "stage": b[key].get("stage"),
                 "reason": b[key].get("reason")}
-        if statuses.outcome(before) == "pass" and _bad(after):
+        if after == "missing" and before not in statuses.MATRIX_ONLY:
+            result["lost"].append(item)
+        elif statuses.outcome(before) == "pass" and _bad(after):
             result["regressions"].append(item)
         elif _bad(before) and statuses.outcome(after) == "pass":
             result["fixes"].append(item)
@@ -108,42 +128,72 @@ def _lines(title: str, items, fmt) -> list[str]:
     return [f"{title} ({len(items)}):"] + [f"  {fmt(i)}" for i in items] if items else []
 
 
+def failed(result: dict) -> bool:
+    """What makes the diff exit 1: a regression, a lost cell, or a new side that did not finish."""
+    return bool(result["regressions"] or result["lost"] or result["incomplete"])
+
+
+def _verdict_line(result: dict) -> str:
+    return (f"{len(result['regressions'])} regression(s), {len(result['lost'])} lost cell(s), "
+            f"{len(result['incomplete'])} incomplete environment(s) in the new run, {len(result['fixes'])} fix(es), "
+            f"{len(result['changes'])} other change(s)")
+
+
+def _incomplete_text(i: dict) -> str:
+    what = "could not run" if i["state"] == "env-failed" else "did not finish"
+    return f"{i['env']}: the new run {what}: {i['reason'][:200]}"
+
+
 def text(result: dict) -> str:
     def fmt(i):
         stage = f" at {i['stage']}" if i.get("stage") else ""
         reason = f": {i['reason'][:160]}" if i.get("reason") else ""
         return f"{i['cell_id']} @ {i['env']}: {i['old']} -> {i['new']}{stage}{reason}"
 
+    def fmt_lost(i):
+        return f"{i['cell_id']}: {i['reason']}" if i["env"] is None else fmt(i)
+
     out = []
     out += _lines("REGRESSIONS", result["regressions"], fmt)
+    out += _lines("LOST CELLS", result["lost"], fmt_lost)
+    out += _lines("INCOMPLETE", result["incomplete"], _incomplete_text)
     out += _lines("fixes", result["fixes"], fmt)
     out += _lines("other status changes", result["changes"], fmt)
     out += _lines("new cells", result["new_cells"], str)
-    out += _lines("removed cells", result["removed_cells"], str)
     out += _lines("new environments", result["new_envs"], str)
     out += _lines("removed environments", result["removed_envs"], str)
     if not out:
         out = ["no differences"]
-    out.append(f"{len(result['regressions'])} regression(s), {len(result['fixes'])} fix(es), "
-               f"{len(result['changes'])} other change(s)")
+    out.append(_verdict_line(result))
     return "\n".join(out) + "\n"
 
 
 def markdown(result: dict) -> str:
     def row(i):
         reason = (i.get("reason") or "").replace("|", "\\|").replace("\n", " ")[:200]
-        return f"| `{i['cell_id']}` | `{i['env']}` | {i['old']} | {i['new']} | {i.get('stage') or ''} | {reason} |"
+        env = f"`{i['env']}`" if i["env"] else "all"
+        return (f"| `{i['cell_id']}` | {env} | {i['old'] or ''} | {i['new'] or ''} | {i.get('stage') or ''} "
+                f"| {reason} |")
+
+    def cell(x):
+        return (x or "").replace("|", "\\|").replace("\n", " ")[:200]
 
     out = ["## peft-compat: changes since the previous run", ""]
     verdict = (f"**{len(result['regressions'])} regression(s)**" if result["regressions"] else "No regression")
     out += [f"{verdict}, {len(result['fixes'])} fix(es), {len(result['changes'])} other change(s).", ""]
-    for title, key in (("Regressions (pass -> red)", "regressions"), ("Fixes (red -> pass)", "fixes"),
-                       ("Other status changes", "changes")):
+    if result["lost"]:
+        out += [f"**{len(result['lost'])} lost cell(s)**: in the old run, not shown by the new one.", ""]
+    if result["incomplete"]:
+        out += ["**The new run is incomplete**: a cell it does not show is not a pass.", "",
+                "| env | reason |", "| --- | --- |"]
+        out += [f"| `{i['env']}` | {cell(i['reason'])} |" for i in result["incomplete"]] + [""]
+    for title, key in (("Regressions (pass -> red)", "regressions"), ("Lost cells", "lost"),
+                       ("Fixes (red -> pass)", "fixes"), ("Other status changes", "changes")):
         if result[key]:
             out += [f"### {title}", "", "| cell | env | old | new | stage | reason |",
                     "| --- | --- | --- | --- | --- | --- |"] + [row(i) for i in result[key]] + [""]
-    for title, key in (("New cells", "new_cells"), ("Removed cells", "removed_cells"),
-                       ("New environments", "new_envs"), ("Removed environments", "removed_envs")):
+    for title, key in (("New cells", "new_cells"), ("New environments", "new_envs"),
+                       ("Removed environments", "removed_envs")):
         if result[key]:
             out += [f"### {title}", ""] + [f"- `{x}`" for x in result[key]] + [""]
     return "\n".join(out) + "\n"
@@ -154,6 +204,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("new", help="the later compat.json (matrix) or per-env report")
     parser.add_argument("--markdown", action="store_true", help="Markdown for a job summary")
     parser.add_argument("--json", dest="as_json", action="store_true", help="the diff as JSON")
+    parser.epilog = ("exit status: 1 on a regression, a lost cell or an incomplete new run (a missing cell is "
+                     "never green), 0 otherwise, 2 if an input cannot be used")
 
 
 def run(args) -> int:
@@ -162,7 +214,7 @@ def run(args) -> int:
         print(json.dumps(result, indent=1))
     else:
         sys.stdout.write(markdown(result) if args.markdown else text(result))
-    return 1 if result["regressions"] else 0
+    return 1 if failed(result) else 0
 
 
 def main(argv=None) -> int:

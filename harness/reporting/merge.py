@@ -8,6 +8,8 @@ Writes reports/compat.json (harness/reporting/schemas/matrix.schema.json), compa
 Every input is read with report.read_report: a non-JSON or schema-failing file stops the merge with its path
 and the reason. An environment that could not install has a *stub* report (no cells, complete=false,
 incomplete_reason "setup-failed: ..."); its column shows "env-failed" in every row, never silently dropped.
+No report at all is an error (exit 2): an empty table is not a green one. `--strict` exits 1 on any red entry
+(including "env-failed" and "missing"), an environment that failed, or one whose report is incomplete.
 
 "Since when": for every cell the outcome (pass / fail / not-applicable) is laid along the peft versions and
 along the transformers versions; when one package's version alone explains the outcome, the change points
@@ -242,6 +244,7 @@ def build_matrix(reports: list[tuple[str, dict]], expected_envs=(), known_issues
             meta.setdefault(cid, {k: cell.get(k) for k in (
                 "cell_id", "case_id", "family", "adapter", "method", "apply", "save_mode", "load_mode", "device",
                 "dtype")} | {"references": list(cell.get("references") or []), "tags": list(cell.get("tags") or [])})
+    devices_of = {name: {c["device"] for c in cells.values()} for name, cells in cells_by_env.items()}
     rows = []
     for cid in sorted(meta):
         entries = {}
@@ -253,6 +256,12 @@ def build_matrix(reports: list[tuple[str, dict]], expected_envs=(), known_issues
                 entries[env["name"]] = {"status": "env-failed", "stage": None, "max_abs_diff": None,
                                         "reason": env["reason"], "exception_type": None, "message": None,
                                         "observed_status": None, "known_issue": None}
+            elif cells_by_env[env["name"]] and meta[cid]["device"] not in devices_of[env["name"]]:
+                # a run of other devices only (the nightly's <env>-cuda.json): it did not select this cell
+                entries[env["name"]] = {"status": "skipped", "stage": None, "max_abs_diff": None,
+                                        "reason": f"this environment ran no {meta[cid]['device']} cell",
+                                        "exception_type": None, "message": None, "observed_status": None,
+                                        "known_issue": None}
             else:
                 entries[env["name"]] = {"status": "missing", "stage": None, "max_abs_diff": None,
                                         "reason": "not in this environment's report", "exception_type": None,
@@ -321,6 +330,9 @@ def merge_all(inputs, out: str, expected_envs=(), render: bool = True, known_iss
     from harness.specs.known_issues import load_known_issues
 
     paths = report_paths(inputs, out)
+    if not paths:  # an empty table would read as "nothing is red"
+        raise ReportError(f"no per-environment report to merge in {', '.join(map(str, inputs)) or '(no input)'} "
+                          f"(a folder's *.json files, merged matrices and --out left out)")
     reports = [(path, read_report(path)) for path in paths]
     issues = load_known_issues(known_issues_path)
     if reclassify_cells:
@@ -367,7 +379,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="re-apply the (current) known-issues table to the reports' observed verdicts, with "
                         "the versions each report recorded, instead of the table the runs used")
     parser.add_argument("--strict", action="store_true",
-                        help="exit 1 when any entry is fail/error/fixed/crashed/timeout or an env failed")
+                        help="exit 1 when any entry is red (fail/error/fixed/crashed/timeout/env-failed/missing), an "
+                        "env failed or its report is incomplete (complete: false)")
     parser.add_argument("--stub", metavar="ENV", help="instead of merging: write a stub report for ENV that "
                         "could not be set up (to --out, default reports/ENV.json) and exit")
     parser.add_argument("--reason", default="", help="why the stub's environment could not be set up")
@@ -385,13 +398,18 @@ def run(args) -> int:
     matrix, cross = merge_all(args.inputs, args.out, expected, render=not args.no_render,
                               known_issues_path=args.known_issues, reclassify_cells=args.reclassify)
     failed_envs = [e["name"] for e in matrix["environments"] if e["state"] == "env-failed"]
+    incomplete_envs = [e for e in matrix["environments"] if e["state"] == "incomplete"]
     bad = bad_entries(matrix)
     print(f"{len(matrix['cells'])} cells x {len(matrix['environments'])} environments -> {args.out}"
           + ("" if args.no_render else " (+ .md, .html)"))
     if failed_envs:
         print(f"environments that did not run: {', '.join(failed_envs)}")
+    if incomplete_envs:
+        print("environments with an incomplete report: "
+              + ", ".join(f"{e['name']} ({e['reason'] or 'no reason given'})" for e in incomplete_envs))
     if bad:
-        print(f"{len(bad)} red entries (fail/error/fixed/crashed/timeout)")
+        red = sorted({status for _, _, status in bad}, key=lambda s: statuses.RANK[s])
+        print(f"{len(bad)} red entries ({'/'.join(red)})")
     if cross is not None:
         cross_bad = cross_bad_entries(cross)
         print(f"{sum(s['total'] for s in cross['grid'])} reads of {len(cross['cells'])} cells between "
@@ -403,7 +421,7 @@ def run(args) -> int:
     for k in unexercised:
         print(f"known issue not exercised by any environment: {k['reference']} (stage {k['stage']}, "
               f"versions {k['versions'] or 'all'}, cases {', '.join(k['cases'])})")
-    return 1 if args.strict and (bad or failed_envs) else 0
+    return 1 if args.strict and (bad or failed_envs or incomplete_envs) else 0
 
 
 def main(argv=None) -> int:

@@ -4,14 +4,22 @@ While a run goes on, the report at --out is rewritten atomically (temporary file
 most every CHECKPOINT_INTERVAL_S seconds with the cells finished so far and `complete: false`; the final write
 says `complete: true` only if every selected cell was recorded. So Ctrl-C, a CI timeout's SIGTERM, even a
 SIGKILL of the runner leave a valid JSON report, never a truncated file. `--resume` reads that report back,
-keeps its cells and runs only the missing ones; records are keyed by cell_id, so no cell is ever duplicated.
+keeps its cells and runs only the missing ones (and those the harness could not start); records are keyed by
+cell_id, so no cell is ever duplicated. The first SIGINT / SIGTERM stops a run; later ones are ignored until
+its final write is done (StopSignals).
+
+One report, one writer: a run holds an exclusive lock on `<report>.lock` (ReportLock) from before it reads the
+report (--resume) until its last write; a second run on the same report is refused at once (ReportLocked: exit
+2, one line naming the lock and the run that holds it), so two runs never overwrite each other's cells.
 """
 from __future__ import annotations
 
+import datetime as _dt
+import errno
 import os
 import signal
+import sys
 import time
-from contextlib import contextmanager
 
 from harness.reporting.report import ReportError, read_report, record_key, write_report
 
@@ -23,26 +31,69 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be: the same clean shutdown path."""
 
 
-@contextmanager
-def sigterm_as_interrupt():
-    """Within the block, SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread."""
-    def handler(signum, frame):
-        raise Terminated()
+class StopSignals:
+    """SIGINT and SIGTERM for a run that writes a report (`harness run`, the pytest controller).
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    The first of them raises KeyboardInterrupt (SIGINT) or Terminated (SIGTERM) where the run is, so that it
+    stops as after Ctrl-C. From then on, and from `defer()` on (the final write of a run that was not
+    interrupted), every further SIGINT / SIGTERM is only noted: a second Ctrl-C, or a CI runner that sends
+    SIGINT and then SIGTERM, can no longer break the shutdown or the final write of the report, nor print a
+    traceback. The shutdown is bounded: a worker in a cell is killed, not waited for (pytest-xdist gives its
+    workers 10 s); SIGKILL is the way to stop a run at once, and leaves the last checkpoint, a valid report."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: list[int] = []
+        self.stopping = False
+        self._previous: dict = {}
+
+    def install(self) -> "StopSignals":
+        try:
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self.uninstall(force=True)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received.append(signum)
+        if self.stopping:
+            return  # already stopping: finish the shutdown and the report
+        self.stopping = True
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    def defer(self) -> None:
+        """From here on no signal interrupts: the final write, the summary."""
+        self.stopping = True
+
+    def uninstall(self, force: bool = False) -> None:
+        """Give the signals back to what handled them before. Not after a signal came, unless forced: then the
+        process is on its way out, and one more Ctrl-C while it exits (interpreter shutdown, which resets
+        Python-level handlers to the default action) must neither print a traceback nor kill it with the wrong
+        exit status, so SIGINT and SIGTERM are ignored from here on."""
+        if self.received and not force:
+            for sig in self._previous:
+                signal.signal(sig, signal.SIG_IGN)
+        else:
+            for sig, previous in self._previous.items():
+                signal.signal(sig, previous)
+        self._previous.clear()
+
+    def __enter__(self) -> "StopSignals":
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.uninstall()
 
 
 def interrupt_reason(exc: BaseException) -> tuple[str, int]:
     """(incomplete_reason, exit code) for an interrupt."""
-    if isinstance(exc, Terminated):
+    return signal_reason(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+
+
+def signal_reason(signum: int) -> tuple[str, int]:
+    if signum == signal.SIGTERM:
         return "terminated (SIGTERM)", 128 + signal.SIGTERM
     return "interrupted (SIGINT)", 128 + signal.SIGINT
 
@@ -70,9 +121,12 @@ class ReportCheckpoints:
 
 
 def resume_records(path: str, environment: dict) -> dict[str, dict]:
-    """The cells of an earlier (possibly interrupted) report at `path`, to be kept by a resumed run.
-    A missing file resumes nothing; a file that is not a valid report, or was written with other versions,
-    raises ReportError naming the path and the reason."""
+    """The cells of an earlier (possibly interrupted) report at `path`, to be kept by a resumed run; a record
+    that says its cell never ran (the harness could not start it: isolation.never_started) is not kept, so
+    the cell runs again. A missing file resumes nothing; a file that is not a valid report, or was written with
+    other versions, raises ReportError naming the path and the reason."""
+    from harness.running.isolation import never_started
+
     if not os.path.exists(path):
         return {}
     report = read_report(path)
@@ -82,4 +136,84 @@ def resume_records(path: str, environment: dict) -> dict[str, dict]:
     if changed:
         raise ReportError(f"{path}: cannot resume: the report was written with other versions ({'; '.join(changed)});"
                           f" run without --resume to replace it")
-    return {record_key(cell): cell for cell in report["cells"]}
+    return {record_key(cell): cell for cell in report["cells"] if not never_started(cell)}
+
+
+class ReportLocked(ReportError):
+    """Another run holds the report's lock; str() names the lock file and the run that holds it."""
+
+
+class ReportLock:
+    """An exclusive lock on `<report>.lock` (fcntl.flock), held by a run for as long as it writes the report.
+
+    flock belongs to the open file, so the kernel drops it when the holder dies, even by SIGKILL: a lock is never
+    stale. The holder writes its pid and command line into the file for the message a refused run prints. The
+    file is removed on release; a run that locked a file someone removed meanwhile tries again, so two runs
+    never hold two different files of the same name. Forked cell processes close their copy of the descriptor
+    (harness.running.isolation), so a cell process left behind cannot keep the report locked."""
+
+    def __init__(self, report_path: str):
+        self.report_path = str(report_path)
+        self.path = self.report_path + ".lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> "ReportLock":
+        import fcntl
+
+        from harness.running.isolation import close_in_children
+
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = _read_holder(fd)
+                os.close(fd)
+                if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                    raise ReportError(f"{self.path}: cannot lock the report: {exc.strerror}") from None
+                raise ReportLocked(
+                    f"{self.report_path}: another run is writing this report (it holds the lock {self.path}"
+                    f"{': ' + holder if holder else ''}); wait for it to finish, or give this run another "
+                    f"report path") from None
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder before us removed the file after we opened it: lock the new one
+        holder = (f"pid {os.getpid()}, since {_dt.datetime.now().astimezone().isoformat(timespec='seconds')}: "
+                  f"{' '.join(sys.argv)[:300]}")
+        os.ftruncate(fd, 0)
+        os.write(fd, holder.encode("utf-8", "replace"))
+        self.fd = fd
+        close_in_children(fd)
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        from harness.running.isolation import forget_in_children
+
+        try:
+            os.unlink(self.path)  # while still holding it: a run that opened this file meanwhile locks a dead
+            # file, sees that it is not the one at the path any more, and tries again
+        except OSError:
+            pass
+        forget_in_children(self.fd)
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> "ReportLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 400, 0).decode("utf-8", "replace").strip().replace("\n", " ")
+    except OSError:
+        return ""

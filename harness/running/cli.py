@@ -53,16 +53,18 @@ def _check_run_options(args) -> None:
         raise UsageError(f"--keep-failed {args.keep_failed}: exists and is not a folder")
 
 
-def drive(args, jobs: list[Job], *, phase: str = "roundtrip", artifacts: str | None = None,
+def drive(args, jobs: list[Job], signals, *, phase: str = "roundtrip", artifacts: str | None = None,
           known=None) -> tuple[list[dict], str | None, int | None]:
     """Run the jobs with a progress display, keeping the report at args.out valid all along (resume,
-    checkpoints, SIGINT / SIGTERM). Returns (records, why it was interrupted or None, exit code then)."""
+    checkpoints; SIGINT / SIGTERM through `signals`, a checkpoints.StopSignals: the first stops the run, a later
+    one is ignored while it writes its report). The caller holds the report's lock. Returns (records, why it
+    was interrupted or None, exit code then)."""
     from rich.console import Console
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from harness.roundtrip.environment import environment
-    from harness.running.checkpoints import ReportCheckpoints, interrupt_reason, resume_records, sigterm_as_interrupt
+    from harness.running.checkpoints import ReportCheckpoints, interrupt_reason, resume_records
     from harness.running.isolation import CellRunner
 
     previous = resume_records(args.out, environment("cpu")) if args.resume else {}
@@ -77,7 +79,7 @@ def drive(args, jobs: list[Job], *, phase: str = "roundtrip", artifacts: str | N
     interrupted, exit_code = None, None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[counts]}"))
-    with sigterm_as_interrupt(), Progress(*columns, console=console, disable=args.quiet) as progress:
+    with Progress(*columns, console=console, disable=args.quiet) as progress:
         task = progress.add_task("cells", total=len(todo), counts="")
         try:
             for job in todo:
@@ -90,9 +92,10 @@ def drive(args, jobs: list[Job], *, phase: str = "roundtrip", artifacts: str | N
                                            f"stage={record['stage']}: {escape((record['message'] or '')[:160])}",
                                            highlight=False)
                 progress.update(task, advance=1, counts=summary.counts_line(counts))
-        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see harness/running/checkpoints.py)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see checkpoints.StopSignals)
             interrupted, exit_code = interrupt_reason(exc)
         finally:
+            signals.defer()  # nothing interrupts the shutdown and the final write
             runner.close()
     records = list(checkpoints.records.values())
     complete = interrupted is None and {job.key for job in jobs} <= set(checkpoints.records)
@@ -104,16 +107,29 @@ def drive(args, jobs: list[Job], *, phase: str = "roundtrip", artifacts: str | N
     return records, interrupted, exit_code
 
 
-def _verdict(records, interrupted, exit_code) -> int:
+def _verdict(records, interrupted, exit_code, signals) -> int:
+    from harness.running.checkpoints import signal_reason
+
     if interrupted:
         return exit_code
+    if signals.received:  # asked to stop while the finished run wrote its (complete) report
+        return signal_reason(signals.received[0])[1]
     return EXIT_RED if summary.red_count(summary.counts(records)) else EXIT_OK
 
 
 def cmd_run(args) -> int:
-    from harness.roundtrip.cell import cell_id
+    from harness.running.checkpoints import ReportLock, StopSignals
 
     _check_run_options(args)
+    # one writer per report: a second run on the same --out is refused (ReportLocked: exit 2) before it reads
+    # or writes anything, and the lock is held until this run's last write (the --table merge included)
+    with StopSignals() as signals, ReportLock(args.out):
+        return _run_locked(args, signals)
+
+
+def _run_locked(args, signals) -> int:
+    from harness.roundtrip.cell import cell_id
+
     cases = load_cases(*args.cases)
     known = load_known_issues(args.known_issues)
     jobs = [Job(cell_id(c.id, d, t), c, d, t) for c, d, t in select_cells(cases, args.device, args.match,
@@ -125,14 +141,14 @@ def cmd_run(args) -> int:
         from harness.roundtrip.environment import environment
 
         shutil.rmtree(os.path.join(args.artifacts, writer_name(environment("cpu"))), ignore_errors=True)
-    records, interrupted, exit_code = drive(args, jobs, artifacts=args.artifacts, known=known)
+    records, interrupted, exit_code = drive(args, jobs, signals, artifacts=args.artifacts, known=known)
     if args.table:
         from harness.reporting.merge import merge_files
 
         table = os.path.join(os.path.dirname(os.path.abspath(args.out)), "compat.json")
         merge_files([args.out], table)
         print(f"table of this environment -> {table} (+ .md, .html)", file=sys.stderr)
-    return _verdict(records, interrupted, exit_code)
+    return _verdict(records, interrupted, exit_code, signals)
 
 
 def cmd_read(args) -> int:
@@ -159,7 +175,10 @@ def cmd_read(args) -> int:
     print(f"{writer_name(here)} reads {len(reads)} artifacts of {len(writers)} writer(s): {', '.join(writers)}",
           file=sys.stderr)
     jobs = [Job(r.key, r.case, r.device, r.dtype, read=r.cell_dir) for r in reads]
-    return _verdict(*drive(args, jobs, phase="read", known=known))
+    from harness.running.checkpoints import ReportLock, StopSignals
+
+    with StopSignals() as signals, ReportLock(args.out):
+        return _verdict(*drive(args, jobs, signals, phase="read", known=known), signals)
 
 
 def cmd_list(args) -> int:
@@ -240,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     mrg = sub.add_parser("merge", help="merge per-env reports into reports/compat.{json,md,html}")
     _merge.add_arguments(mrg)
     mrg.set_defaults(func=lambda a: _merge.main_args(a))
-    dif = sub.add_parser("diff", help="compare two reports/matrices; exit 1 on a regression")
+    dif = sub.add_parser("diff", help="compare two reports/matrices; exit 1 on a regression, a lost cell or an "
+                         "incomplete new run")
     _diff.add_arguments(dif)
     dif.set_defaults(func=lambda a: _diff.main_args(a))
     return parser
@@ -255,6 +275,12 @@ def main(argv=None) -> int:
     except (ArtifactError, CaseError, KnownIssuesError, ReportError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt as exc:  # Ctrl-C / SIGTERM before a run's cells started: nothing was written
+        from harness.running.checkpoints import interrupt_reason
+
+        reason, code = interrupt_reason(exc)
+        print(f"{reason}: stopped", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

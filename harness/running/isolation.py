@@ -10,6 +10,12 @@ over a pipe, one JSON object per line, and leaves with os._exit. The parent wait
 * the child dies without a record        -> status "crashed" (segfault, os._exit, OOM kill, ...),
   both with the stage the child was in.
 
+A cell that never began is never recorded as crashed for the cell's sake: a worker is checked before it is sent
+a cell (it may have died while idle), and a worker that dies after it was sent the cell but before it said
+"started" was not running the cell; either way the cell runs in a fresh worker. Only when a fresh worker fails
+too (or no worker can be forked) does the cell get a "crashed" record with exception_type NOT_STARTED: the
+harness could not start it, and `--resume` runs it again.
+
 The temporary folder of the cell is created and removed by the parent, so a killed child leaves nothing
 behind; the child's `tempfile` default points inside it. Base checkpoints that a child builds into the
 parent's BaseCheckpoints folder are reported back and reused by later cells.
@@ -39,6 +45,10 @@ os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # is_available() wi
 # The parent's ends of the pipes to live workers: a child forked later closes them first, so that a worker
 # sees EOF on its task pipe when its runner closes it (and no child holds another cell's pipe open).
 _PARENT_FDS: set[int] = set()
+
+# exception_type of a "crashed" record whose cell never began: the harness could not start it (no worker could
+# be forked, or every worker died before the cell began). `--resume` does not keep such records.
+NOT_STARTED = "NotStarted"
 
 DEFAULT_TIMEOUT_S = 120.0  # per cell, unless the case sets timeout_s; a warm cell takes well under a second
 CHILD_THREADS = 1
@@ -95,10 +105,21 @@ def _signal_name(number: int) -> str:
 
 
 def _write_line(fd: int, obj: dict) -> None:
-    data = (json.dumps(obj) + "\n").encode()
+    _write_all(fd, (json.dumps(obj) + "\n").encode())
+
+
+def close_in_children(fd: int) -> None:
+    """A descriptor of the parent that no forked cell process may keep (a report's lock, see checkpoints)."""
+    _PARENT_FDS.add(fd)
+
+
+def forget_in_children(fd: int) -> None:
+    _PARENT_FDS.discard(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
     while data:
-        written = os.write(fd, data)
-        data = data[written:]
+        data = data[os.write(fd, data):]
 
 
 def _close_inherited() -> None:
@@ -212,7 +233,8 @@ class _Reader:
 
     def wait(self, deadline: float) -> dict:
         """Read until a record, EOF or the deadline. Returns what was seen: record, stage, seconds, error, why."""
-        seen = {"record": None, "stage": None, "seconds": {}, "harness_error": None, "why": None}
+        seen = {"record": None, "stage": None, "seconds": {}, "harness_error": None, "why": None,
+                "started": False}
         stage_start = time.monotonic()
         while True:
             remaining = deadline - time.monotonic()
@@ -230,7 +252,9 @@ class _Reader:
             *lines, self.buf = self.buf.split(b"\n")
             for line in lines:
                 msg = json.loads(line)
-                if "stage" in msg:
+                if "started" in msg:
+                    seen["started"] = True
+                elif "stage" in msg:
                     now = time.monotonic()
                     if seen["stage"] is not None:
                         seen["seconds"][seen["stage"]] = round(now - stage_start, 6)
@@ -246,6 +270,33 @@ class _Reader:
         if seen["stage"] is not None and seen["why"] != "record":
             seen["seconds"][seen["stage"]] = round(time.monotonic() - stage_start, 6)
         return seen
+
+
+def _death(status) -> str:
+    """How a process ended, from its wait status, in words."""
+    if status is not None and os.WIFSIGNALED(status):
+        return f"killed by {_signal_name(os.WTERMSIG(status))}"
+    if status is not None and os.WIFEXITED(status):
+        return f"exit code {os.WEXITSTATUS(status)}"
+    return "ended (its exit status is unknown)"
+
+
+def not_started_record(case, device, dtype, why: str) -> dict:
+    """The record of a cell the harness could not start: "crashed" (the run is red), exception_type NOT_STARTED,
+    and no stage. --resume runs such a cell again (harness.running.checkpoints.resume_records)."""
+    record = new_record(case, device, dtype)
+    record["status"], record["exception_type"] = "crashed", NOT_STARTED
+    record["message"] = (f"the harness could not start this cell, which never ran: {why} "
+                         f"(`--resume` runs it again)")
+    return record
+
+
+def never_started(record: dict) -> bool:
+    """A record that says its cell never ran: the harness could not start it. Also the records of an older
+    harness that sent a cell to a worker that had died idle ("exit code None", no stage)."""
+    return record.get("status") == "crashed" and (
+        record.get("exception_type") == NOT_STARTED
+        or (record.get("exception_type") == "exit code None" and record.get("stage") is None))
 
 
 def _verdict(case, device, dtype, seen: dict, status, limit: float, elapsed: float, workdir: str) -> dict:
@@ -375,7 +426,12 @@ class _Worker:
         res_r, res_w = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # EAGAIN / ENOMEM: no worker; the caller records that the cell could not start
+            for fd in (task_r, task_w, res_r, res_w):
+                os.close(fd)
+            raise
         if pid == 0:  # pragma: no cover - the child
             os.close(task_w)
             os.close(res_r)
@@ -386,7 +442,7 @@ class _Worker:
             os.setpgid(pid, pid)
         except OSError:
             pass
-        self.pid, self.task_w, self.res_r = pid, task_w, res_r
+        self.pid, self.task_w, self.res_r, self.status = pid, task_w, res_r, None
         _PARENT_FDS.update((task_w, res_r))
         self.reader = _Reader(res_r, bases)
 
@@ -409,6 +465,7 @@ class _Worker:
                 if not header:
                     break  # the parent closed the pipe: done
                 case, device, dtype, workdir, task = pickle.loads(tasks.read(int(header)))
+                _write_line(res_w, {"started": True})  # from here on a death is the cell's
                 try:
                     tmp = os.path.join(workdir, "tmp")
                     os.makedirs(tmp, exist_ok=True)
@@ -431,31 +488,53 @@ class _Worker:
         finally:
             _leave_child(code)
 
+    def alive(self) -> bool:
+        """Whether the worker still runs; one that died (while idle: OOM killer, a stray kill) is reaped here,
+        its wait status kept in self.status."""
+        if self.pid is None:
+            return False
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.pid, None
+        if not pid:
+            return True
+        self.pid, self.status = None, status
+        self._close_pipes()
+        return False
+
     def run(self, case, device, dtype, workdir, limit, task=None):
         import pickle
 
         payload = pickle.dumps((case, device, dtype, workdir, task))
         start = time.monotonic()
         try:
-            os.write(self.task_w, f"{len(payload)}\n".encode() + payload)
-        except BrokenPipeError:  # the worker is gone already
-            return {"record": None, "stage": None, "seconds": {}, "harness_error": None, "why": "eof"}, None, 0.0
+            _write_all(self.task_w, f"{len(payload)}\n".encode() + payload)
+        except BrokenPipeError:  # the worker is gone already: the cell never reached it
+            seen = {"record": None, "stage": None, "seconds": {}, "harness_error": None, "why": "eof",
+                    "started": False}
+            return seen, self.stop(kill=True), 0.0
         seen = self.reader.wait(start + limit)
         status = None
         if seen["why"] in ("timeout", "eof"):
             status = self.stop(kill=seen["why"] == "timeout", stack=True)
         return seen, status, time.monotonic() - start
 
+    def _close_pipes(self) -> None:
+        for fd in (self.task_w, self.res_r):
+            if fd in _PARENT_FDS:
+                _PARENT_FDS.discard(fd)
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
     def stop(self, kill: bool = False, stack: bool = False):
         """Close the pipes and reap the worker (killing it first if asked). Returns its wait status."""
         if self.pid is None:
-            return None
-        for fd in (self.task_w, self.res_r):
-            _PARENT_FDS.discard(fd)
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            self._close_pipes()
+            return self.status
+        self._close_pipes()
         if not kill:  # the worker leaves on EOF; give it a moment, then make sure
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
@@ -553,18 +632,38 @@ class CellRunner:
         limit = cell_timeout(case, self.timeout_s)
         self.bases = _prepare(case, self.bases)
         workdir = tempfile.mkdtemp(prefix="peft-compat-cell-", dir=self.tmp_root)
+        seen, status, elapsed = None, None, 0.0
+        deaths = []  # how each worker that was sent this cell died before the cell began
+        cannot_fork = None
         done = False
         try:
-            if self._worker is None:
-                self._worker = _Worker(self.bases)
-            seen, status, elapsed = self._worker.run(case, device, dtype, workdir, limit, task)
-            if seen["why"] in ("timeout", "eof"):
-                self._worker = None  # stopped by run(); the next cell forks a fresh worker
+            while len(deaths) < 2:  # a fresh worker that dies before the cell begins, too: give up
+                if self._worker is not None and not self._worker.alive():
+                    self._worker.stop()  # it died while idle: this cell was never sent to it
+                    self._worker = None
+                if self._worker is None:
+                    try:
+                        self._worker = _Worker(self.bases)
+                    except OSError as exc:
+                        cannot_fork = f"no worker process could be forked ({exc})"
+                        break
+                seen, status, elapsed = self._worker.run(case, device, dtype, workdir, limit, task)
+                if seen["why"] in ("timeout", "eof"):
+                    self._worker = None  # stopped by run(); the next cell forks a fresh worker
+                if seen["started"] or seen["why"] != "eof":
+                    break
+                deaths.append(_death(status))  # it died before it began this cell: the cell never ran
+                seen = None
             done = True
         finally:
             if not done:  # interrupted while waiting: take the worker down, leave no folder behind
                 self.stop_worker(kill=True)
                 shutil.rmtree(workdir, ignore_errors=True)
+        if seen is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+            why = [f"{len(deaths)} worker process(es) died before the cell began ({', '.join(deaths)})"] \
+                if deaths else []
+            return not_started_record(case, device, dtype, "; ".join(why + ([cannot_fork] if cannot_fork else [])))
         record = _verdict(case, device, dtype, seen, status, limit, elapsed, workdir)
         return _finish_workdir(record, workdir, keep)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import tempfile
 from pathlib import Path
 
@@ -20,8 +19,9 @@ from harness.roundtrip.check import load_cases
 from harness.roundtrip.environment import versions_line
 from harness.roundtrip.families import BaseCheckpoints
 from harness.running import summary
+from harness.reporting.report import ReportError
+from harness.running.checkpoints import ReportCheckpoints, ReportLock, StopSignals, Terminated
 from harness.specs import statuses
-from harness.running.checkpoints import ReportCheckpoints, Terminated
 from harness.running.isolation import DEFAULT_TIMEOUT_S, ISOLATION_CHOICES, ISOLATION_HELP, CellRunner, isolate_value
 from harness.specs.case import CaseError
 from harness.specs.known_issues import KnownIssuesError, load_known_issues
@@ -79,9 +79,19 @@ class CompatState:
                                  known_issues=self.known, tmp_root=tmp_root)
         self.cells = {cell_id(c.id, d, t): (c, d, t) for c in self.cases for d, t, _ in c.cells(full=True)}
         path = config.getoption("--compat-report")
+        self.lock = None
+        if path and not self.is_worker:  # one writer per report, as with `python -m harness run`
+            try:
+                self.lock = ReportLock(path).acquire()
+            except ReportError as exc:
+                raise pytest.UsageError(f"peft-compat: {exc}") from None
         self.checkpoints = ReportCheckpoints(path) if path and not self.is_worker else None
         self.records = self.checkpoints.records if self.checkpoints else {}
-        self._previous_sigterm = None
+        self.signals: StopSignals | None = None
+        # the cell ids pytest selected (after -k / -m / deselection), known once collection is done: from the
+        # session's items in a plain run, from the workers' collections on an xdist controller
+        self.selected: set[str] | None = None
+        self.stop_reason: str | None = None  # what stopped the run early (an interrupt, xdist's maxfail)
 
     # hooks: this object is registered as a plugin in pytest_configure
 
@@ -141,6 +151,44 @@ class CompatState:
                 json.dump({"cell_id": name, "stage": stage}, fh)
         return write
 
+    def pytest_collection_finish(self, session):
+        """A plain run (or an xdist worker): the cells selected for this session."""
+        self.selected = {item.name for item in session.items if isinstance(item, CellItem)}
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids):
+        """xdist controller: every worker collects the same items; the cells among them are the selection."""
+        names = {nodeid.rsplit("::", 1)[-1] for nodeid in ids}
+        self.selected = (self.selected or set()) | (names & set(self.cells))
+
+    def pytest_keyboard_interrupt(self, excinfo):
+        """Ctrl-C, SIGTERM, or xdist stopping the run (its maxfail / a worker interrupted): say which."""
+        exc = excinfo.value
+        if isinstance(exc, Terminated):
+            self.stop_reason = "terminated (SIGTERM)"
+        elif type(exc) is KeyboardInterrupt:
+            self.stop_reason = "interrupted (SIGINT)"
+        else:  # xdist's Interrupted("stopping after 1 failures"), pytest.exit(...), ...
+            self.stop_reason = str(getattr(exc, "msg", None) or exc) or type(exc).__name__
+
+    def completeness(self, session, exitstatus) -> tuple[bool, str | None]:
+        """(complete, incomplete_reason) of the report: complete only if every selected cell has a record.
+        -x / --maxfail, an interrupt and a lost xdist worker all leave selected cells without one; the reason
+        says what stopped the run and how many cells are not in. Without a known selection (collection never
+        finished) only a run that was not stopped is complete."""
+        stopped = self.stop_reason or session.shouldfail or session.shouldstop or (
+            "interrupted" if exitstatus == pytest.ExitCode.INTERRUPTED else None)
+        if self.selected is None:
+            return (not stopped, f"{stopped}: the selected cells are not known" if stopped else None)
+        missing = sorted(self.selected - set(self.records))
+        if not missing:
+            return True, None
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        lacking = f"{len(missing)} of {len(self.selected)} selected cells have no record ({shown})"
+        if not stopped:
+            stopped = "the run ended early (a pytest-xdist worker lost?)"
+        return False, f"{stopped}: {lacking}"
+
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node):
         """xdist controller: give each worker the session folder (stage files, its temporary folders)."""
@@ -148,33 +196,35 @@ class CompatState:
             self.session_dir = tempfile.mkdtemp(prefix="peft-compat-session-")
         node.workerinput["peft_compat_session_dir"] = self.session_dir
 
-    def install_sigterm(self):
-        """The controller (or a plain run) treats SIGTERM like Ctrl-C: the report is written, incomplete."""
-        if self.is_worker:
-            return
-
-        def handler(signum, frame):
-            raise Terminated()
-        try:
-            self._previous_sigterm = signal.signal(signal.SIGTERM, handler)
-        except ValueError:  # not the main thread
-            self._previous_sigterm = None
+    def install_signals(self):
+        """The controller (or a plain run) treats SIGTERM like Ctrl-C, and ignores any signal after the first
+        while the session ends: the report is written, incomplete, whatever the signals that follow."""
+        if not self.is_worker:
+            self.signals = StopSignals().install()
 
     def pytest_unconfigure(self, config):
-        if self._previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, self._previous_sigterm)
-            self._previous_sigterm = None
+        if self.signals is not None:
+            self.signals.uninstall()
+            self.signals = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
+    @pytest.hookimpl(hookwrapper=True)
     def pytest_sessionfinish(self, session, exitstatus):
-        self.runner.close()  # stops the cell worker, removes the base checkpoints
-        if self.is_worker:  # an xdist worker: the controller writes the report
-            return
-        if self.session_dir:
-            shutil.rmtree(self.session_dir, ignore_errors=True)
+        """The final report is written before any other plugin's pytest_sessionfinish runs: pytest-xdist tears
+        its workers down in its own (up to 10 s for a worker stuck in a cell), and a signal then, or a SIGKILL
+        after it, must not cost the report. From here on signals are deferred (StopSignals). The cell worker,
+        the base checkpoints and the session folder go after every other plugin's, when no worker runs."""
+        if self.signals is not None:
+            self.signals.defer()
         if self.checkpoints is not None:
-            interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
-            self.checkpoints.write(complete=not interrupted,
-                                   reason="interrupted (SIGINT or SIGTERM)" if interrupted else None)
+            complete, reason = self.completeness(session, exitstatus)
+            self.checkpoints.write(complete=complete, reason=reason)
+        yield
+        self.runner.close()  # stops the cell worker, removes the base checkpoints
+        if self.session_dir and not self.is_worker:
+            shutil.rmtree(self.session_dir, ignore_errors=True)
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
         if not self.records:
@@ -202,7 +252,7 @@ def pytest_configure(config):
         config.addinivalue_line("markers", f"{tag}: case tag (from case files)")
     config.stash[STATE] = state
     config.pluginmanager.register(state, "peft-compat-state")
-    state.install_sigterm()
+    state.install_signals()
 
 
 def pytest_collect_file(file_path, parent):

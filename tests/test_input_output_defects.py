@@ -1,0 +1,153 @@
+"""Issue 8: input the harness must refuse up front, and output it must not lose. Every bad input or output path
+is one line `error: ...` naming the thing (exit 2; pytest: a usage error), before any cell runs; a record or a
+write that fails during a run costs neither the other cells nor the report that was there before."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import errno
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+import harness
+from harness import load_case_file
+from harness.reporting.merge import MatrixError, merge_files, read_matrix
+from harness.reporting.report import ReportError, read_report, write_report
+from harness.roundtrip.environment import environment
+from harness.running.checkpoints import ReportCheckpoints
+from harness.running.cli import main
+from harness.specs.case import CaseError
+from tests.conftest import BERT_LORA, to_toml
+
+CPU_ONLY = {"devices": ["cpu"]}
+
+
+def cli(capsys, *argv):
+    """main(argv) -> (exit code, stderr); never a traceback, and an error is one line."""
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    if code == 2:
+        lines = [line for line in captured.err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    return code, captured.err
+
+
+def run_pytest(cwd, *args, env=None):
+    cmd = [sys.executable, "-m", "pytest", "-p", "harness.running.plugin", "-p", "no:cacheprovider",
+           "--rootdir", str(cwd), "-q", *[str(a) for a in args]]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=300, env=env)
+
+
+def no_traceback(result):
+    text = result.stdout + result.stderr
+    assert "Traceback" not in text and "INTERNALERROR" not in text, text[-3000:]
+
+
+@pytest.fixture
+def previous_report(tmp_path):
+    """A valid report from an earlier run; a failed or empty run must leave it byte for byte."""
+    path = tmp_path / "out" / "r.json"
+    path.parent.mkdir()
+    write_report(str(path), [], environment=environment(), complete=True)
+    return path
+
+
+@pytest.fixture
+def records(tmp_path_factory):
+    """A real record that passes, and a real record of a case whose tolerance (inf) the report schema cannot hold
+    (validation refuses such a case; this one was built by hand, as a harness bug would)."""
+    d = tmp_path_factory.mktemp("cases")
+    path = d / "c.toml"
+    path.write_text(to_toml(BERT_LORA))
+    case = load_case_file(path)
+    broken = dataclasses.replace(case, id="bert_classifier-lora-inf",
+                                 tolerance={"fp32": float("inf"), "reason": "x y"})
+    return (harness.run_cell(case, "cpu", "fp32", known_issues=[]),
+            harness.run_cell(broken, "cpu", "fp32", known_issues=[]))
+
+
+# --- 6. files that are not UTF-8 ---------------------------------------------------------------------------------
+
+NOT_UTF8 = b'id = "bert_classifier-lora-\xff"\nfamily = "bert_classifier"\n'
+
+
+@pytest.mark.parametrize("which", ["case", "known-issues"])
+def test_a_file_that_is_not_utf8_is_one_line_naming_it(write_case, case_dir, tmp_path, capsys, which):
+    if which == "case":
+        write_case(**CPU_ONLY)
+        bad = case_dir / "latin1.toml"
+        bad.write_bytes(NOT_UTF8)
+        extra = []
+    else:
+        write_case(**CPU_ONLY)
+        bad = tmp_path / "known.toml"
+        bad.write_bytes(b'[[issue]]\ncases = ["\xfe"]\nstage = "save"\nreference = "x"\n')
+        extra = ["--known-issues", bad]
+    commands = [["validate"], ["run", "-q", "--out", tmp_path / "r.json"]] + ([["list"]] if which == "case" else [])
+    for command in commands:  # (`list` does not read the known-issues table)
+        code, err = cli(capsys, *command, "--cases", case_dir, *extra)
+        assert code == 2 and str(bad) in err and "not valid UTF-8" in err
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("which", ["case", "known-issues"])
+def test_pytest_names_a_file_that_is_not_utf8(write_case, case_dir, tmp_path, which):
+    write_case(**CPU_ONLY)
+    if which == "case":
+        bad = case_dir / "latin1.toml"
+        bad.write_bytes(NOT_UTF8)
+        extra = []
+    else:
+        bad = tmp_path / "known.toml"
+        bad.write_bytes(b'[[issue]]\ncases = ["\xfe"]\nstage = "save"\nreference = "x"\n')
+        extra = ["--known-issues", bad]
+    result = run_pytest(case_dir, "--cases", case_dir, case_dir, *extra)
+    no_traceback(result)
+    assert result.returncode == 4
+    assert f"peft-compat: {bad}: not valid UTF-8" in result.stderr
+
+
+# --- 11. the Python API leaves no temporary folder ------------------------------------------------------------
+
+def test_run_cell_as_documented_leaves_nothing_in_the_temp_dir(write_case, tmp_path, monkeypatch):
+    import peft  # noqa: F401 - importing peft makes torch's inductor cache folder (once per process, torch's own)
+
+    path = write_case(**CPU_ONLY)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    record = harness.run_cell(harness.load_case_file(path), "cpu", "fp32")
+    assert record["status"] == "pass"
+    assert os.listdir(scratch) == []
+
+
+# --- 12. smaller ones ----------------------------------------------------------------------------------------------
+
+def test_a_step_size_that_is_a_bool_is_refused(write_case):
+    path = write_case(steps=[{"name": "resize_token_embeddings", "size": True}])
+    with pytest.raises(CaseError) as info:
+        load_case_file(path)
+    assert info.value.field == "steps.0.size" and "must be int" in str(info.value)
+
+
+def test_cases_option_takes_a_case_file(write_case, capsys):
+    path = write_case(**CPU_ONLY)
+    code, _ = cli(capsys, "validate", "--cases", path)
+    assert code == 0
+    assert main(["list", "--cases", str(path)]) == 0
+    assert capsys.readouterr().out.split() == ["bert_classifier-lora-test[cpu-fp32]"]
+
+
+def test_the_same_folder_given_twice_is_read_once(write_case, case_dir, capsys):
+    write_case(**CPU_ONLY)
+    code, _ = cli(capsys, "validate", "--cases", case_dir, "--cases", case_dir, "--cases",
+                  case_dir / "bert_classifier-lora-test.toml")
+    assert code == 0
+    assert main(["list", "--cases", str(case_dir), "--cases", str(case_dir) + os.sep]) == 0
+    assert capsys.readouterr().out.split() == ["bert_classifier-lora-test[cpu-fp32]"]

@@ -113,6 +113,21 @@ def test_pytest_names_a_file_that_is_not_utf8(write_case, case_dir, tmp_path, wh
     assert f"peft-compat: {bad}: not valid UTF-8" in result.stderr
 
 
+def test_a_report_that_is_not_utf8_is_one_line_naming_it(write_case, case_dir, tmp_path, capsys):
+    write_case(**CPU_ONLY)
+    bad = tmp_path / "reports" / "latin1.json"
+    bad.parent.mkdir()
+    bad.write_bytes(b'{"kind": "peft-compat-report", "x": "\xff"}')
+    good = tmp_path / "good.json"
+    write_report(str(good), [], environment=environment())
+    for argv in (["run", "-q", "--cases", case_dir, "--out", bad, "--resume"],  # resume reads it
+                 ["merge", bad.parent, "--out", tmp_path / "compat.json"],  # merge reads every report of a folder
+                 ["diff", good, bad]):
+        code, err = cli(capsys, *argv)
+        assert code == 2 and str(bad) in err and "UTF-8" in err
+    assert bad.read_bytes() == b'{"kind": "peft-compat-report", "x": "\xff"}'
+
+
 # --- 11. the Python API leaves no temporary folder ------------------------------------------------------------
 
 def test_run_cell_as_documented_leaves_nothing_in_the_temp_dir(write_case, tmp_path, monkeypatch):
@@ -134,6 +149,50 @@ def test_a_step_size_that_is_a_bool_is_refused(write_case):
     with pytest.raises(CaseError) as info:
         load_case_file(path)
     assert info.value.field == "steps.0.size" and "must be int" in str(info.value)
+
+
+def _newer_minor(document: dict, cell_key: str) -> dict:
+    newer = copy.deepcopy(document)
+    newer["schema_version"] = "1.99"
+    newer["a_new_optional_field"] = {"from": "a newer harness"}
+    for row in newer[cell_key]:
+        row["another_new_field"] = 1
+    return newer
+
+
+def test_a_report_of_a_newer_minor_version_is_read(records, tmp_path, capsys):
+    good, _ = records
+    path = tmp_path / "reports" / "peft021-tf523.json"
+    path.parent.mkdir()
+    report = write_report(str(tmp_path / "ours.json"), [good], environment=environment())
+    path.write_text(json.dumps(_newer_minor(report, "cells")))
+    assert read_report(str(path))["cells"][0]["another_new_field"] == 1
+    code, _ = cli(capsys, "merge", path.parent, "--out", tmp_path / "compat.json", "--no-render")
+    assert code == 0
+    matrix = read_matrix(str(tmp_path / "compat.json"))
+    (tmp_path / "newer-matrix.json").write_text(json.dumps(_newer_minor(matrix, "cells")))
+    assert read_matrix(str(tmp_path / "newer-matrix.json"))["a_new_optional_field"]
+    code, _ = cli(capsys, "diff", tmp_path / "compat.json", tmp_path / "newer-matrix.json")
+    assert code == 0
+    # our own minor version stays closed: a field it does not define is an error in a file that claims it
+    same = _newer_minor(report, "cells")
+    same["schema_version"] = report["schema_version"]
+    path.write_text(json.dumps(same))
+    with pytest.raises(ReportError, match="a_new_optional_field"):
+        read_report(str(path))
+
+
+def test_a_report_of_another_major_version_is_refused(records, tmp_path):
+    good, _ = records
+    report = write_report(str(tmp_path / "ours.json"), [good], environment=environment())
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({**report, "schema_version": "2.0"}))
+    with pytest.raises(ReportError, match=r"written with report schema 2\.0; this harness reads 1\.x"):
+        read_report(str(path))
+    matrix = merge_files([str(tmp_path / "ours.json")], str(tmp_path / "compat.json"), render=False)
+    (tmp_path / "m.json").write_text(json.dumps({**matrix, "schema_version": "2.1"}))
+    with pytest.raises(MatrixError, match=r"written with matrix schema 2\.1"):
+        read_matrix(str(tmp_path / "m.json"))
 
 
 def test_cases_option_takes_a_case_file(write_case, capsys):

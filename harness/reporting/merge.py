@@ -29,7 +29,8 @@ from importlib import resources
 
 from packaging.version import InvalidVersion, Version
 
-from harness.reporting.report import ReportError, read_json, read_report, validate_report, write_json_atomic
+from harness.reporting.report import (ReportError, read_json, read_report, schema_for, validate_report,
+                                      write_json_atomic)
 from harness.reporting.since_when import since_analysis
 from harness.specs import statuses
 from harness.specs.known_issues import classify, release, unclassify
@@ -53,7 +54,8 @@ def matrix_schema() -> dict:
 def validate_matrix(matrix: dict, source: str = "<matrix>") -> None:
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(matrix_schema())
+    validator = jsonschema.Draft202012Validator(schema_for(matrix, matrix_schema(), MATRIX_SCHEMA_VERSION, "matrix",
+                                                           source, MatrixError))
     error = next(iter(sorted(validator.iter_errors(matrix), key=lambda e: len(list(e.absolute_path)))), None)
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
@@ -154,7 +156,7 @@ def report_paths(inputs, out: str | None = None) -> list[str]:
 
 def _looks_like_matrix(path: str) -> bool:
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8", errors="replace") as fh:  # read_report names a file that is not UTF-8
             head = fh.read(4096)
     except OSError:
         return False

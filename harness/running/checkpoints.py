@@ -13,7 +13,7 @@ import signal
 import time
 from contextlib import contextmanager
 
-from harness.reporting.report import ReportError, read_report, write_report
+from harness.reporting.report import SCHEMA_VERSION, ReportError, read_report, version_tuple, write_report
 
 CHECKPOINT_INTERVAL_S = 2.0
 RESUME_VERSION_KEYS = ("python", "torch", "transformers", "peft", "safetensors", "accelerate")
@@ -75,6 +75,10 @@ def resume_records(path: str, environment: dict) -> dict[str, dict]:
     if not os.path.exists(path):
         return {}
     report = read_report(path)
+    if version_tuple(report["schema_version"]) > version_tuple(SCHEMA_VERSION):  # its records have fields we lack
+        raise ReportError(f"{path}: cannot resume: the report was written with report schema "
+                          f"{report['schema_version']}, newer than the {SCHEMA_VERSION} this harness writes; "
+                          "run without --resume to replace it")
     old = report.get("environment", {})
     changed = [f"{k} {old.get(k)} -> {environment.get(k)}" for k in RESUME_VERSION_KEYS
                if old.get(k) != environment.get(k)]

@@ -72,6 +72,37 @@ def records(tmp_path_factory):
             harness.run_cell(broken, "cpu", "fp32", known_issues=[]))
 
 
+# --- 1. non-finite numbers -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("changes, field, words", [
+    ({"tolerance": {"fp32": float("inf"), "reason": "x y z"}}, "tolerance.fp32", "finite"),
+    ({"tolerance": {"fp32": float("nan"), "reason": "x y z"}}, "tolerance.fp32", "finite"),
+    ({"timeout_s": float("inf")}, "timeout_s", "not a finite number of seconds"),
+    ({"timeout_s": float("nan")}, "timeout_s", "not a finite number of seconds"),
+    ({"timeout_s": 1e20}, "timeout_s", "more than the longest time limit of 86400 s"),
+])
+def test_a_non_finite_number_in_a_case_is_refused_by_validate(write_case, case_dir, capsys, changes, field, words):
+    path = write_case(**changes)
+    for command in ("validate", "list"):
+        code, err = cli(capsys, command, "--cases", case_dir)
+        assert code == 2 and str(path) in err and f"field '{field}'" in err and words in err
+
+
+@pytest.mark.parametrize("value, words", [
+    ("nan", "not a finite number of seconds"),
+    ("inf", "not a finite number of seconds"),
+    ("1e20", "more than the longest time limit"),
+    ("-1", "must be more than 0 seconds"),
+])
+def test_a_time_limit_option_that_is_not_a_finite_number_is_refused(write_case, case_dir, previous_report, capsys,
+                                                                    value, words):
+    write_case(**CPU_ONLY)
+    before = previous_report.read_text()
+    code, err = cli(capsys, "run", "--cases", case_dir, "--out", previous_report, "-q", "--timeout", value)
+    assert code == 2 and err.startswith("error: --timeout") and words in err
+    assert previous_report.read_text() == before
+
+
 # --- 6. files that are not UTF-8 ---------------------------------------------------------------------------------
 
 NOT_UTF8 = b'id = "bert_classifier-lora-\xff"\nfamily = "bert_classifier"\n'

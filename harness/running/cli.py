@@ -13,9 +13,8 @@ from harness.running.cells import select_cells
 from harness.running.isolation import ISOLATION_CHOICES, ISOLATION_HELP, isolate_value
 from harness.running.summary import EXIT_OK, EXIT_RED, EXIT_USAGE
 from harness.specs import statuses
-from harness.specs.case import CaseError
+from harness.specs.case import CaseError, timeout_problem
 from harness.specs.known_issues import KnownIssuesError, load_known_issues
-
 
 
 class UsageError(ValueError):
@@ -37,8 +36,7 @@ def cmd_run(args) -> int:
     from harness.running.isolation import CellRunner
 
     isolation = isolate_value(args.isolation)
-    if args.timeout is not None and not args.timeout > 0:
-        raise UsageError(f"--timeout {args.timeout:g}: the time limit must be more than 0 seconds")
+    check_timeout_option(args.timeout, "--timeout")
     if args.timeout is not None and not isolation:
         raise UsageError("--timeout needs an isolated run: a cell in this process cannot be stopped "
                          "(drop --isolation off, or --timeout)")
@@ -97,6 +95,13 @@ def cmd_list(args) -> int:
     for case, device, dtype in select_cells(load_cases(*args.cases), args.device, args.match, full=not args.fast):
         print(f"{case.id}[{device}-{dtype}]")
     return EXIT_OK
+
+
+def check_timeout_option(value, option: str) -> None:
+    """A time-limit option (--timeout, pytest --cell-timeout): a finite number of seconds, 0 < s <= one day."""
+    problem = None if value is None else timeout_problem(value)
+    if problem:
+        raise UsageError(f"{option} {value:g}: {problem}")
 
 
 def cmd_validate(args) -> int:

@@ -33,6 +33,7 @@ import traceback
 
 from harness.roundtrip.cell import MESSAGE_LIMIT, applicability, new_record, run_roundtrip
 from harness.running.cells import finish
+from harness.specs.case import timeout_problem
 
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # is_available() without initialising CUDA
 
@@ -65,10 +66,15 @@ def _leave_child(code: int) -> None:
 
 
 def cell_timeout(case, default: float | None = None) -> float:
-    """The time limit of a cell: the case's timeout_s, else `default`, else DEFAULT_TIMEOUT_S."""
-    if getattr(case, "timeout_s", None):
-        return float(case.timeout_s)
-    return float(default if default is not None else DEFAULT_TIMEOUT_S)
+    """The time limit of a cell: the case's timeout_s, else `default`, else DEFAULT_TIMEOUT_S. A limit that is
+    not a finite number of seconds in (0, MAX_TIMEOUT_S] raises ValueError (validation and the fronts refuse
+    one up front; this guards a Case or a CellRunner built by hand)."""
+    limit = case.timeout_s if getattr(case, "timeout_s", None) is not None else default
+    limit = DEFAULT_TIMEOUT_S if limit is None else limit
+    problem = timeout_problem(limit)
+    if problem:
+        raise ValueError(f"time limit of {getattr(case, 'id', case)}: {problem}")
+    return float(limit)
 
 
 def can_fork() -> bool:
@@ -469,6 +475,8 @@ class CellRunner:
         """tmp_root: where cell folders (and, without `bases`, base checkpoints) go; default: the system's."""
         from harness.roundtrip.families import BaseCheckpoints
 
+        if timeout_s is not None and timeout_problem(timeout_s):
+            raise ValueError(f"timeout_s: {timeout_problem(timeout_s)}")
         self.tmp_root = tmp_root
         if tmp_root is not None:
             os.makedirs(tmp_root, exist_ok=True)

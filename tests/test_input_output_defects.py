@@ -175,6 +175,39 @@ def test_run_cell_as_documented_leaves_nothing_in_the_temp_dir(write_case, tmp_p
 
 # --- 12. smaller ones ----------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("kwargs, field, words", [
+    ({"r": "four"}, "adapter.kwargs.r", "takes int here, got 'four'"),
+    ({"r": True}, "adapter.kwargs.r", "takes int here, got True"),
+    ({"use_dora": 1}, "adapter.kwargs.use_dora", "takes bool here, got 1"),
+    ({"target_modules": "query", "layers_to_transform": [0]}, "adapter.kwargs", "rejects them: ValueError"),
+])
+def test_adapter_kwargs_are_checked_against_the_installed_config_class(write_case, case_dir, capsys, kwargs, field,
+                                                                       words):
+    adapter = copy.deepcopy(BERT_LORA["adapter"])
+    adapter["kwargs"].update(kwargs)
+    path = write_case(adapter=adapter)
+    with pytest.raises(CaseError) as info:
+        load_case_file(path)
+    assert info.value.field == field and words in str(info.value) and "LoraConfig of peft" in str(info.value)
+    code, err = cli(capsys, "validate", "--cases", case_dir)
+    assert code == 2 and f"field '{field}'" in err
+
+
+def test_adapter_kwargs_unknown_to_this_peft_are_left_to_the_run(write_case):
+    """An option that the installed peft lacks may be one a newer release has: not a validation error, and a
+    config class the installed peft lacks is not checked at all (its cells are not-applicable)."""
+    import peft
+
+    adapter = copy.deepcopy(BERT_LORA["adapter"])
+    adapter["kwargs"]["a_newer_option"] = 3
+    assert load_case_file(write_case(adapter=adapter)).adapter_kwargs["a_newer_option"] == 3
+    if hasattr(peft, "BoneConfig"):
+        pytest.skip("the installed peft has BoneConfig: no config class it lacks to try")
+    bone = load_case_file(write_case(name="bone", id="bert_classifier-bone-test",
+                                     adapter={"type": "BoneConfig", "kwargs": {"r": "four"}}))
+    assert harness.run_cell(bone, "cpu", "fp32")["status"] == "not-applicable"
+
+
 def test_a_step_size_that_is_a_bool_is_refused(write_case):
     path = write_case(steps=[{"name": "resize_token_embeddings", "size": True}])
     with pytest.raises(CaseError) as info:

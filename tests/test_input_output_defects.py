@@ -103,6 +103,23 @@ def test_a_time_limit_option_that_is_not_a_finite_number_is_refused(write_case, 
     assert previous_report.read_text() == before
 
 
+def test_a_record_the_schema_rejects_costs_no_other_cell(records, previous_report):
+    good, bad = records
+    assert good["status"] == "pass" and bad["tolerance"] == float("inf")
+    checkpoints = ReportCheckpoints(str(previous_report))
+    kept = checkpoints.add(bad)
+    checkpoints.add(good)
+    checkpoints.write(complete=True)
+    report = read_report(str(previous_report))
+    cells = {c["cell_id"]: c for c in report["cells"]}
+    assert set(cells) == {good["cell_id"], bad["cell_id"]} and report["complete"] is True
+    assert cells[good["cell_id"]]["status"] == "pass"
+    broken = cells[bad["cell_id"]]
+    assert broken["status"] == "crashed" and broken["exception_type"] == "HarnessError"
+    assert "report schema" in broken["message"] and "tolerance" in broken["message"]
+    assert kept["status"] == "crashed"  # what the run counts is what the report says
+
+
 # --- 6. files that are not UTF-8 ---------------------------------------------------------------------------------
 
 NOT_UTF8 = b'id = "bert_classifier-lora-\xff"\nfamily = "bert_classifier"\n'
@@ -157,6 +174,26 @@ def test_a_report_that_is_not_utf8_is_one_line_naming_it(write_case, case_dir, t
         code, err = cli(capsys, *argv)
         assert code == 2 and str(bad) in err and "UTF-8" in err
     assert bad.read_bytes() == b'{"kind": "peft-compat-report", "x": "\xff"}'
+
+
+# --- 9. output paths --------------------------------------------------------------------------------------------
+
+def test_a_full_disk_during_the_run_is_one_error_and_keeps_the_previous_report(write_case, case_dir, previous_report,
+                                                                               capsys, monkeypatch):
+    write_case(**CPU_ONLY)
+    before = previous_report.read_text()
+    real_replace = os.replace
+
+    def disk_full(src, dst, *args, **kwargs):
+        if os.path.abspath(dst) == str(previous_report):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    code, err = cli(capsys, "run", "-q", "--cases", case_dir, "--out", previous_report)
+    assert code == 2 and str(previous_report) in err and os.strerror(errno.ENOSPC) in err
+    assert previous_report.read_text() == before
+    assert sorted(os.listdir(previous_report.parent)) == ["r.json"]  # no temporary file left
 
 
 # --- 11. the Python API leaves no temporary folder ------------------------------------------------------------

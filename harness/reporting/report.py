@@ -99,6 +99,21 @@ def validate_report(report: dict, source: str = "<report>") -> None:
         raise ReportError(f"{source}: does not match the report schema {SCHEMA_VERSION} at {where}: {error.message}")
 
 
+def cell_errors(cell) -> list:
+    """The schema errors of one record as a report stores it (non-finite numbers already null), outermost
+    first; [] when the record is valid."""
+    import jsonschema
+
+    schema = report_schema()
+    validator = jsonschema.Draft202012Validator({**schema["$defs"]["cell"], "$defs": schema["$defs"]})
+    return sorted(validator.iter_errors(_json_safe(cell)), key=lambda e: (len(list(e.absolute_path)),
+                                                                          str(list(e.absolute_path))))
+
+
+def describe_error(error) -> str:
+    return f"at {'/'.join(str(p) for p in error.absolute_path) or '(top level)'}: {error.message}"
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -124,9 +139,14 @@ def write_json_atomic(path: str, document: dict) -> None:
 
 
 def write_report(path: str, cells: list[dict], **kwargs) -> dict:
+    """Validate, then write atomically. A document the schema rejects, or a write that fails (a full disk, a
+    folder that cannot be written), raises ReportError naming the path; the file there before is left as it was."""
     report = build_report(cells, **kwargs)
     validate_report(report, path)
-    write_json_atomic(path, report)
+    try:
+        write_json_atomic(path, report)
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot write the report: {exc.strerror or exc}") from None
     return report
 
 

@@ -61,8 +61,7 @@ def cmd_run(args) -> int:
         try:
             for case, device, dtype in todo:
                 progress.update(task, description=f"{case.id}[{device}-{dtype}]")
-                record = runner.run(case, device, dtype)
-                checkpoints.add(record)
+                record = checkpoints.add(runner.run(case, device, dtype))
                 counts[record["status"]] += 1
                 if statuses.is_red(record["status"]):
                     progress.console.print(f"[red]{record['status']}[/red] {record['cell_id']} "

@@ -103,6 +103,14 @@ def test_a_time_limit_option_that_is_not_a_finite_number_is_refused(write_case, 
     assert previous_report.read_text() == before
 
 
+def test_pytest_cell_timeout_that_is_not_finite_is_a_usage_error(write_case, case_dir):
+    write_case(**CPU_ONLY)
+    result = run_pytest(case_dir, "--cases", case_dir, case_dir, "--cell-timeout", "inf")
+    no_traceback(result)
+    assert result.returncode == 4
+    assert "peft-compat: --cell-timeout" in result.stderr and "not a finite number of seconds" in result.stderr
+
+
 def test_a_record_the_schema_rejects_costs_no_other_cell(records, previous_report):
     good, bad = records
     assert good["status"] == "pass" and bad["tolerance"] == float("inf")
@@ -118,6 +126,38 @@ def test_a_record_the_schema_rejects_costs_no_other_cell(records, previous_repor
     assert broken["status"] == "crashed" and broken["exception_type"] == "HarnessError"
     assert "report schema" in broken["message"] and "tolerance" in broken["message"]
     assert kept["status"] == "crashed"  # what the run counts is what the report says
+
+
+# --- 2. a selection that matches nothing ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", [["run", "-q"], ["list"], ["rerun", "-n", "1"]])
+@pytest.mark.parametrize("empty", ["-k", "folder"])
+def test_an_empty_selection_is_an_error_and_keeps_the_report(write_case, case_dir, tmp_path, previous_report, capsys,
+                                                             command, empty):
+    if empty == "-k":
+        write_case(**CPU_ONLY)
+        selection = ["--cases", case_dir, "-k", "bert_classifier-lora-tset"]
+    else:
+        (tmp_path / "nothing").mkdir()
+        selection = ["--cases", tmp_path / "nothing"]
+    before = previous_report.read_text()
+    out = ["--out", previous_report] if command[0] != "list" else []
+    code, err = cli(capsys, *command, *selection, *out)
+    assert code == 2 and err.startswith("error: no cell matches")
+    assert previous_report.read_text() == before
+
+
+def test_pytest_with_no_cell_selected_writes_no_report(tmp_path, previous_report):
+    """(An empty case folder; a -k that deselects every cell ends the same way: no record arrives. The CLI test
+    above covers -k; this one spares the seconds of importing peft to validate a case.)"""
+    (tmp_path / "nothing").mkdir()
+    before = previous_report.read_text()
+    result = run_pytest(tmp_path, "--cases", tmp_path / "nothing", tmp_path / "nothing",
+                        "--compat-report", previous_report)
+    no_traceback(result)
+    assert result.returncode == 5  # pytest: no tests ran
+    assert previous_report.read_text() == before
+    assert "is not written" in result.stdout
 
 
 # --- 6. files that are not UTF-8 ---------------------------------------------------------------------------------
@@ -178,6 +218,33 @@ def test_a_report_that_is_not_utf8_is_one_line_naming_it(write_case, case_dir, t
 
 # --- 9. output paths --------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("argv, words", [
+    (["--out", "{tmp}"], "is a folder"),
+    (["--out", "{file}/sub/r.json"], "is a file, not a folder"),
+    (["--keep-failed", "{file}/kept"], "is a file, not a folder"),
+    (["--table", "--out", "{tmp}/compat.json"], "would overwrite it"),
+    (["--table", "--out", "{tmp}/compat.md"], "would overwrite it"),
+    pytest.param(["--out", "/proc/peft-compat-nowhere/r.json"], "cannot create the folder",
+                 marks=pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")),
+])
+def test_an_output_that_cannot_be_written_is_refused_before_any_cell(write_case, case_dir, tmp_path, capsys,
+                                                                     argv, words):
+    write_case(**CPU_ONLY)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    (tmp_path / "compat.json").write_text("the table of an earlier run")
+    (tmp_path / "compat.md").write_text("the table of an earlier run")
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{file}", str(afile)) for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "r.json")]
+    code, err = cli(capsys, "run", "-q", "--cases", case_dir, *argv)
+    assert code == 2 and words in err
+    assert afile.read_text() == "x"
+    for table in ("compat.json", "compat.md"):
+        assert (tmp_path / table).read_text() == "the table of an earlier run"
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_a_full_disk_during_the_run_is_one_error_and_keeps_the_previous_report(write_case, case_dir, previous_report,
                                                                                capsys, monkeypatch):
     write_case(**CPU_ONLY)
@@ -194,6 +261,48 @@ def test_a_full_disk_during_the_run_is_one_error_and_keeps_the_previous_report(w
     assert code == 2 and str(previous_report) in err and os.strerror(errno.ENOSPC) in err
     assert previous_report.read_text() == before
     assert sorted(os.listdir(previous_report.parent)) == ["r.json"]  # no temporary file left
+
+
+ENOSPC_PLUGIN = """
+import errno, os
+_replace = os.replace
+def _full(src, dst, *args, **kwargs):
+    if os.path.basename(dst) == "r.json":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return _replace(src, dst, *args, **kwargs)
+os.replace = _full
+"""
+
+
+def test_pytest_full_disk_keeps_the_previous_report_and_says_so(write_case, case_dir, tmp_path, previous_report):
+    write_case(**CPU_ONLY)
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "disk_full.py").write_text(ENOSPC_PLUGIN)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "plugins"), os.environ.get("PYTHONPATH", "")]))
+    before = previous_report.read_text()
+    result = run_pytest(case_dir, "-p", "disk_full", "--cases", case_dir, case_dir, "--compat-report", previous_report,
+                        env=env)
+    no_traceback(result)
+    assert result.returncode == 3  # the cell passed, but its report could not be written
+    assert "1 passed" in result.stdout
+    assert (f"peft-compat: error: {previous_report}: cannot write the report: {os.strerror(errno.ENOSPC)}"
+            in result.stdout)
+    assert previous_report.read_text() == before
+
+
+@pytest.mark.parametrize("option, words", [
+    (["--compat-report", "{tmp}"], "is a folder"),
+    (["--compat-report", "{file}/r.json"], "is a file, not a folder"),
+    (["--keep-failed", "{file}/kept"], "is a file, not a folder"),
+])
+def test_pytest_refuses_an_output_that_cannot_be_written(write_case, case_dir, tmp_path, option, words):
+    write_case(**CPU_ONLY)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    option = [a.replace("{tmp}", str(tmp_path)).replace("{file}", str(afile)) for a in option]
+    result = run_pytest(case_dir, "--cases", case_dir, case_dir, *option)
+    no_traceback(result)
+    assert result.returncode == 4 and f"peft-compat: {option[0]}" in result.stderr and words in result.stderr
 
 
 # --- 11. the Python API leaves no temporary folder ------------------------------------------------------------

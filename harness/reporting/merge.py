@@ -387,6 +387,9 @@ def main_args(args) -> int:
     except subprocess.CalledProcessError as exc:
         print(f"error: `tox -l` failed: {exc.stderr}", file=sys.stderr)
         return 2
+    except OSError as exc:  # --out a folder, a full disk: one line, the inputs untouched
+        print(f"error: {exc.filename or args.out}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ import sys
 from harness.reporting.report import ReportError
 from harness.roundtrip.check import load_cases
 from harness.running import summary
-from harness.running.cells import select_cells
+from harness.running.cells import EmptySelection, selected_cells
 from harness.running.isolation import ISOLATION_CHOICES, ISOLATION_HELP, isolate_value
+from harness.running.outputs import OutputError, check_output_file, check_output_folder, same_file
 from harness.running.summary import EXIT_OK, EXIT_RED, EXIT_USAGE
 from harness.specs import statuses
 from harness.specs.case import CaseError, timeout_problem
@@ -40,11 +41,20 @@ def cmd_run(args) -> int:
     if args.timeout is not None and not isolation:
         raise UsageError("--timeout needs an isolated run: a cell in this process cannot be stopped "
                          "(drop --isolation off, or --timeout)")
-    if args.keep_failed and os.path.exists(args.keep_failed) and not os.path.isdir(args.keep_failed):
-        raise UsageError(f"--keep-failed {args.keep_failed}: exists and is not a folder")
+    table = os.path.join(os.path.dirname(os.path.abspath(args.out)), "compat.json")
+    if args.table:
+        written = [table] + [os.path.splitext(table)[0] + ext for ext in (".md", ".html")]
+        if any(same_file(args.out, path) for path in written):
+            raise UsageError(f"--out {args.out}: --table writes the table to {table} (+ .md, .html) next to the "
+                             "report, which would overwrite it; give the report another name, e.g. "
+                             f"{os.path.join(os.path.dirname(args.out), 'local.json')}")
     cases = load_cases(*args.cases)
     known = load_known_issues(args.known_issues)
-    cells = list(select_cells(cases, args.device, args.match, full=not args.fast))
+    cells = selected_cells(cases, args.cases, args.device, args.match, full=not args.fast)
+    # where the run writes, checked before the first cell (after the selection: an empty one touches nothing)
+    check_output_file(args.out, "--out")
+    if args.keep_failed:
+        check_output_folder(args.keep_failed, "--keep-failed")
     previous = resume_records(args.out, environment("cpu")) if args.resume else {}
     todo = [(c, d, t) for c, d, t in cells if cell_id(c.id, d, t) not in previous]
     console = Console(stderr=True)
@@ -53,7 +63,7 @@ def cmd_run(args) -> int:
     checkpoints = ReportCheckpoints(args.out, previous)
     runner = CellRunner(isolate=isolation, timeout_s=args.timeout, keep_failed=args.keep_failed, known_issues=known)
     counts = summary.counts(previous.values())
-    interrupted, exit_code = None, None
+    interrupted, exit_code, stopped = None, None, None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[counts]}"))
     with sigterm_as_interrupt(), Progress(*columns, console=console, disable=args.quiet) as progress:
@@ -69,12 +79,17 @@ def cmd_run(args) -> int:
                 progress.update(task, advance=1, counts=summary.counts_line(counts))
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see harness/interrupt.py)
             interrupted, exit_code = interrupt_reason(exc)
+        except OutputError as exc:  # --keep-failed could not be written: stop; the report keeps what ran
+            stopped = exc
         finally:
             runner.close()
     records = list(checkpoints.records.values())
     selected = {cell_id(c.id, d, t) for c, d, t in cells}
-    complete = interrupted is None and selected <= set(checkpoints.records)
-    checkpoints.write(complete=complete, reason=interrupted or "not every selected cell was recorded")
+    complete = interrupted is None and stopped is None and selected <= set(checkpoints.records)
+    checkpoints.write(complete=complete, reason=interrupted or (f"stopped: {stopped}" if stopped else
+                                                                "not every selected cell was recorded"))
+    if stopped is not None:
+        raise stopped
     console.print(f"{len(records)} cells -> {args.out}: " + summary.counts_line(summary.counts(records))
                   + (f" (INCOMPLETE: {interrupted})" if interrupted else ""))
     for line in summary.fixed_lines(records):
@@ -82,8 +97,11 @@ def cmd_run(args) -> int:
     if args.table:
         from harness.reporting.merge import merge_files
 
-        table = os.path.join(os.path.dirname(os.path.abspath(args.out)), "compat.json")
-        merge_files([args.out], table)
+        try:
+            merge_files([args.out], table)
+        except OSError as exc:
+            raise OutputError(f"{table}: cannot write the table of this environment: {exc.strerror or exc} "
+                              f"(the report {args.out} is written)") from None
         console.print(f"table of this environment -> {table} (+ .md, .html)")
     if interrupted:
         return exit_code
@@ -91,7 +109,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_list(args) -> int:
-    for case, device, dtype in select_cells(load_cases(*args.cases), args.device, args.match, full=not args.fast):
+    for case, device, dtype in selected_cells(load_cases(*args.cases), args.cases, args.device, args.match,
+                                              full=not args.fast):
         print(f"{case.id}[{device}-{dtype}]")
     return EXIT_OK
 
@@ -169,7 +188,7 @@ def main(argv=None) -> int:
         args.cases = ["cases"]
     try:
         return args.func(args)
-    except (CaseError, KnownIssuesError, ReportError, UsageError) as exc:
+    except (CaseError, KnownIssuesError, ReportError, UsageError, EmptySelection, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

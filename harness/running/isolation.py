@@ -517,9 +517,16 @@ class CellRunner:
                 record.pop("artifact_dir", None)
         finish(record, self.known_issues)
         if keep and record.get("artifact_dir"):
+            from harness.running.outputs import OutputError
             from harness.running.repro import keep_evidence
 
-            keep_evidence(record, case, self.keep_failed)
+            try:
+                keep_evidence(record, case, self.keep_failed)
+            except OSError as exc:  # a full disk, a folder removed under the run: one clear error, not a traceback
+                if record.get("artifact_dir"):
+                    shutil.rmtree(record["artifact_dir"], ignore_errors=True)
+                raise OutputError(f"--keep-failed {self.keep_failed}: cannot keep the evidence of "
+                                  f"{record['cell_id']}: {exc.strerror or exc}") from None
         return record
 
     def _run_in_worker(self, case, device, dtype, keep: bool) -> dict:

@@ -45,7 +45,7 @@ def load_side(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as fh:
             kind = json.load(fh).get("kind")
-    except (OSError, json.JSONDecodeError, AttributeError):
+    except (OSError, ValueError, AttributeError):  # ValueError: not JSON, or not UTF-8
         kind = None  # let the reader below say what is wrong, with the path
     if kind == MATRIX_KIND:
         return read_matrix(path)

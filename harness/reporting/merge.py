@@ -34,7 +34,8 @@ from packaging.version import InvalidVersion, Version
 from harness.reporting.crosstable import KIND as CROSS_KIND
 from harness.reporting.crosstable import CrossTableError
 from harness.reporting.crosstable import bad_entries as cross_bad_entries
-from harness.reporting.report import ReportError, read_json, read_report, validate_report, write_json_atomic
+from harness.reporting.report import (ReportError, read_json, read_report, schema_for, validate_report,
+                                      write_json_atomic)
 from harness.reporting.since_when import since_analysis
 from harness.specs import statuses
 from harness.specs.known_issues import classify, release, unclassify
@@ -59,7 +60,8 @@ def matrix_schema() -> dict:
 def validate_matrix(matrix: dict, source: str = "<matrix>") -> None:
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(matrix_schema())
+    validator = jsonschema.Draft202012Validator(schema_for(matrix, matrix_schema(), MATRIX_SCHEMA_VERSION, "matrix",
+                                                           source, MatrixError))
     error = next(iter(sorted(validator.iter_errors(matrix), key=lambda e: len(list(e.absolute_path)))), None)
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
@@ -161,7 +163,7 @@ def report_paths(inputs, out: str | None = None) -> list[str]:
 
 def _looks_like_matrix(path: str) -> bool:
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8", errors="replace") as fh:  # read_report names a file that is not UTF-8
             head = fh.read(4096)
     except OSError:
         return False
@@ -439,6 +441,9 @@ def main_args(args) -> int:
         return 2
     except subprocess.CalledProcessError as exc:
         print(f"error: `tox -l` failed: {exc.stderr}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # --out a folder, a full disk: one line, the inputs untouched
+        print(f"error: {exc.filename or args.out}: cannot write: {exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

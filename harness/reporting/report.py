@@ -6,6 +6,7 @@ import datetime as _dt
 import json
 import math
 import os
+import re
 import tempfile
 from collections import Counter
 from functools import lru_cache
@@ -63,14 +64,62 @@ def build_report(cells: list[dict], *, environment: dict, complete: bool = True,
     }
 
 
+def version_tuple(text) -> tuple[int, int] | None:
+    match = re.fullmatch(r"(\d+)\.(\d+)", text) if isinstance(text, str) else None
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def open_schema(schema):
+    """A copy of `schema` in which no object is closed (`additionalProperties: false` removed): what a document
+    of a newer minor version, which may add optional fields, is read with."""
+    if isinstance(schema, dict):
+        return {k: open_schema(v) for k, v in schema.items() if not (k == "additionalProperties" and v is False)}
+    if isinstance(schema, list):
+        return [open_schema(v) for v in schema]
+    return schema
+
+
+def schema_for(document: dict, schema: dict, ours: str, what: str, source: str, error=ValueError) -> dict:
+    """The schema to validate `document` with. schema_version is semver: the same major with a newer minor
+    may add optional fields, and is read with unknown fields allowed (everything we know is still checked);
+    another major raises `error`. A missing or malformed version is left to the schema to report."""
+    theirs, mine = version_tuple(document.get("schema_version")), version_tuple(ours)
+    if theirs is None:
+        return schema
+    if theirs[0] != mine[0]:
+        raise error(f"{source}: written with {what} schema {document['schema_version']}; this harness reads "
+                    f"{mine[0]}.x (another major version removes or retypes fields)")
+    return open_schema(schema) if theirs[1] > mine[1] else schema
+
+
+def _first_error(validator, document):
+    return next(iter(sorted(validator.iter_errors(document), key=lambda e: len(list(e.absolute_path)))), None)
+
+
 def validate_report(report: dict, source: str = "<report>") -> None:
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(report_schema())
-    error = next(iter(sorted(validator.iter_errors(report), key=lambda e: len(list(e.absolute_path)))), None)
+    validator = jsonschema.Draft202012Validator(schema_for(report, report_schema(), SCHEMA_VERSION, "report",
+                                                           source, ReportError))
+    error = _first_error(validator, report)
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
         raise ReportError(f"{source}: does not match the report schema {SCHEMA_VERSION} at {where}: {error.message}")
+
+
+def cell_errors(cell) -> list:
+    """The schema errors of one record as a report stores it (non-finite numbers already null), outermost
+    first; [] when the record is valid."""
+    import jsonschema
+
+    schema = report_schema()
+    validator = jsonschema.Draft202012Validator({**schema["$defs"]["cell"], "$defs": schema["$defs"]})
+    return sorted(validator.iter_errors(_json_safe(cell)), key=lambda e: (len(list(e.absolute_path)),
+                                                                          str(list(e.absolute_path))))
+
+
+def describe_error(error) -> str:
+    return f"at {'/'.join(str(p) for p in error.absolute_path) or '(top level)'}: {error.message}"
 
 
 def _umask() -> int:
@@ -103,9 +152,14 @@ def write_json_atomic(path: str, document: dict) -> None:
 
 
 def write_report(path: str, cells: list[dict], **kwargs) -> dict:
+    """Validate, then write atomically. A document the schema rejects, or a write that fails (a full disk, a
+    folder that cannot be written), raises ReportError naming the path; the file there before is left as it was."""
     report = build_report(cells, **kwargs)
     validate_report(report, path)
-    write_json_atomic(path, report)
+    try:
+        write_json_atomic(path, report)
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot write the report: {exc.strerror or exc}") from None
     return report
 
 
@@ -118,6 +172,8 @@ def read_json(path: str, error=ValueError):
         raise error(f"{path}: cannot read: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise error(f"{path}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not JSON (not valid UTF-8 at byte {exc.start})") from None
 
 
 def read_report(path: str) -> dict:

@@ -7,6 +7,8 @@ the file and the field.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 from harness.specs.case import Case, CaseError
 from harness.specs.case import discover_cases as _discover_cases
 from harness.specs.case import read_case_file as _read_shape
@@ -54,7 +56,101 @@ def check_case(case: Case) -> Case:
             value = spec[key]
             if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
                 raise CaseError(path, f"steps.{i}.{key}", f"must be {typ.__name__}, got {value!r}")
+    _check_adapter_kwargs(case, path)
     return case
+
+
+def _fits(value, hint) -> bool:
+    """Whether a TOML value can be meant for a config field annotated `hint`. Lenient where the annotation
+    says little or changes between releases: numbers are numbers (int and float alike; a bool is not a number),
+    a Literal checks the type of its options, not the option (releases add options), and classes other than the
+    builtin ones (enums, config objects, callables) and unresolved names accept anything."""
+    import types
+    import typing
+
+    if hint is typing.Any or hint is object or isinstance(hint, (str, typing.ForwardRef)):
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union or (hasattr(types, "UnionType") and origin is types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return any(_fits(value, type(arg)) for arg in args)
+    if hint is type(None):
+        return value is None
+    if origin in (list, tuple, set, frozenset) or hint in (list, tuple, set, frozenset):
+        if not isinstance(value, (list, tuple)):
+            return False
+        item_hints = [a for a in args if a is not Ellipsis]
+        if origin is tuple and len(item_hints) == len(args) and args:  # tuple[int, int]: one hint per place
+            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+        return not item_hints or all(_fits(v, item_hints[0]) for v in value)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            return False
+        return len(args) != 2 or all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def _hint_text(hint) -> str:
+    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+@lru_cache(maxsize=None)
+def _config_fields(config_cls) -> tuple[dict, dict]:
+    """({name: field} of the config's init fields, {name: type hint})."""
+    import dataclasses
+    import typing
+
+    fields = {f.name: f for f in dataclasses.fields(config_cls) if f.init}
+    try:
+        hints = typing.get_type_hints(config_cls)
+    except Exception:  # an annotation this Python cannot resolve: check the types that are plain classes only
+        hints = {name: f.type for name, f in fields.items() if isinstance(f.type, type)}
+    return fields, hints
+
+
+def _check_adapter_kwargs(case: Case, path) -> None:
+    """adapter.kwargs against the config class of the installed peft: a value of the wrong type (`r = "four"`)
+    or one that the config itself rejects (its __post_init__ raises TypeError / ValueError) is a CaseError on
+    `adapter.kwargs`. Not checked here, and left to the run: a config class the installed peft lacks (the cell is
+    not-applicable), and kwargs this release does not know (an older peft may lack a newer option; the config
+    is then not built here at all)."""
+    import dataclasses
+    import warnings
+
+    from harness.roundtrip import compat
+    from harness.roundtrip.adapters import adapter_kwargs
+
+    try:
+        import peft
+    except ImportError:  # no peft here: nothing to check against (every cell will say so)
+        return
+    config_cls = getattr(peft, case.adapter_type, None)
+    if config_cls is None or not dataclasses.is_dataclass(config_cls):
+        return
+    kwargs = adapter_kwargs(case)
+    fields, hints = _config_fields(config_cls)
+    where = f"{case.adapter_type} of peft {compat.installed_version('peft')}"
+    for key, value in kwargs.items():
+        if key in fields and key in hints and not _fits(value, hints[key]):
+            raise CaseError(path, f"adapter.kwargs.{key}", f"{where} takes {_hint_text(hints[key])} here, "
+                                                           f"got {case.adapter_kwargs[key]!r}")
+    if any(key not in fields for key in kwargs):
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config_cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise CaseError(path, "adapter.kwargs", f"{where} rejects them: {type(exc).__name__}: {exc}") from None
+    except Exception:  # e.g. ImportError of an optional package: the run records what happens
+        return
 
 
 def case_from_dict(data: dict, path: str = "<dict>") -> Case:

@@ -36,6 +36,27 @@ def select_cells(cases, devices=None, match=None, full: bool = True):
             yield case, device, dtype
 
 
+class EmptySelection(ValueError):
+    """A selection that matches no cell (printed as `error: ...`, exit 2): a mistyped -k or an empty case folder
+    must not run nothing and call it a complete, green run."""
+
+
+def selected_cells(cases, locations, devices=None, match=None, full: bool = True) -> list:
+    """select_cells as a list; raises EmptySelection, saying what was selected from where, when it is empty."""
+    cells = list(select_cells(cases, devices, match, full=full))
+    if cells:
+        return cells
+    where = ", ".join(str(location) for location in locations)
+    if not cases:
+        raise EmptySelection(f"no cell matches: there is no case file in {where}")
+    given = [f"-k {' -k '.join(repr(m) for m in match)}"] if match else []
+    given += [f"--device {' --device '.join(devices)}"] if devices else []
+    given += [] if full else ["--fast"]
+    total = sum(1 for case in cases for _ in case.cells(full=full))
+    raise EmptySelection(f"no cell matches {' '.join(given) or 'the selection'}: none of the {total} cell(s) of the "
+                         f"{len(cases)} case(s) in {where}")
+
+
 class GeneratedCaseFailure(AssertionError):
     """A generated case whose round trip failed in a way the known-issues table does not expect. The message
     ends with the case as a TOML file, ready to drop into cases/ as a named regression case."""

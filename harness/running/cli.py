@@ -11,13 +11,13 @@ from harness.artifacts.store import ArtifactError
 from harness.reporting.report import ReportError
 from harness.roundtrip.check import load_cases
 from harness.running import summary
-from harness.running.cells import select_cells
+from harness.running.cells import EmptySelection, selected_cells
 from harness.running.isolation import ISOLATION_CHOICES, ISOLATION_HELP, isolate_value
+from harness.running.outputs import OutputError, check_output_file, check_output_folder, same_file
 from harness.running.summary import EXIT_OK, EXIT_RED, EXIT_USAGE
 from harness.specs import statuses
-from harness.specs.case import CaseError
+from harness.specs.case import CaseError, timeout_problem
 from harness.specs.known_issues import KnownIssuesError, load_known_issues
-
 
 
 class UsageError(ValueError):
@@ -44,13 +44,24 @@ class Job:
 
 
 def _check_run_options(args) -> None:
-    if args.timeout is not None and not args.timeout > 0:
-        raise UsageError(f"--timeout {args.timeout:g}: the time limit must be more than 0 seconds")
+    check_timeout_option(args.timeout, "--timeout")
     if args.timeout is not None and not isolate_value(args.isolation):
         raise UsageError("--timeout needs an isolated run: a cell in this process cannot be stopped "
                          "(drop --isolation off, or --timeout)")
-    if getattr(args, "keep_failed", None) and os.path.exists(args.keep_failed) and not os.path.isdir(args.keep_failed):
-        raise UsageError(f"--keep-failed {args.keep_failed}: exists and is not a folder")
+    if getattr(args, "table", False):
+        table = os.path.join(os.path.dirname(os.path.abspath(args.out)), "compat.json")
+        written = [table] + [os.path.splitext(table)[0] + ext for ext in (".md", ".html")]
+        if any(same_file(args.out, path) for path in written):
+            raise UsageError(f"--out {args.out}: --table writes the table to {table} (+ .md, .html) next to the "
+                             "report, which would overwrite it; give the report another name, e.g. "
+                             f"{os.path.join(os.path.dirname(args.out), 'local.json')}")
+
+
+def _check_outputs(args) -> None:
+    """Where the run writes, checked before the first cell (after the selection: an empty one touches nothing)."""
+    check_output_file(args.out, "--out")
+    if getattr(args, "keep_failed", None):
+        check_output_folder(args.keep_failed, "--keep-failed")
 
 
 def drive(args, jobs: list[Job], signals, *, phase: str = "roundtrip", artifacts: str | None = None,
@@ -76,7 +87,7 @@ def drive(args, jobs: list[Job], signals, *, phase: str = "roundtrip", artifacts
     runner = CellRunner(isolate=isolate_value(args.isolation), timeout_s=args.timeout,
                         keep_failed=getattr(args, "keep_failed", None), known_issues=known, artifacts=artifacts)
     counts = summary.counts(previous.values())
-    interrupted, exit_code = None, None
+    interrupted, exit_code, stopped = None, None, None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[counts]}"))
     with Progress(*columns, console=console, disable=args.quiet) as progress:
@@ -84,8 +95,7 @@ def drive(args, jobs: list[Job], signals, *, phase: str = "roundtrip", artifacts
         try:
             for job in todo:
                 progress.update(task, description=escape(job.label))
-                record = runner.run(job.case, job.device, job.dtype, read=job.read)
-                checkpoints.add(record)
+                record = checkpoints.add(runner.run(job.case, job.device, job.dtype, read=job.read))
                 counts[record["status"]] += 1
                 if statuses.is_red(record["status"]):
                     progress.console.print(f"[red]{record['status']}[/red] {escape(job.label)} "
@@ -94,14 +104,19 @@ def drive(args, jobs: list[Job], signals, *, phase: str = "roundtrip", artifacts
                 progress.update(task, advance=1, counts=summary.counts_line(counts))
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see checkpoints.StopSignals)
             interrupted, exit_code = interrupt_reason(exc)
+        except OutputError as exc:  # --keep-failed could not be written: stop; the report keeps what ran
+            stopped = exc
         finally:
             signals.defer()  # nothing interrupts the shutdown and the final write
             runner.close()
     records = list(checkpoints.records.values())
-    complete = interrupted is None and {job.key for job in jobs} <= set(checkpoints.records)
-    checkpoints.write(complete=complete, reason=interrupted or "not every selected cell was recorded")
-    console.print(f"{len(records)} {'reads' if phase == 'read' else 'cells'} -> {args.out}: " + summary.counts_line(summary.counts(records))
-                  + (f" (INCOMPLETE: {interrupted})" if interrupted else ""))
+    complete = interrupted is None and stopped is None and {job.key for job in jobs} <= set(checkpoints.records)
+    checkpoints.write(complete=complete, reason=interrupted or (f"stopped: {stopped}" if stopped else
+                                                                "not every selected cell was recorded"))
+    if stopped is not None:
+        raise stopped
+    console.print(f"{len(records)} {'reads' if phase == 'read' else 'cells'} -> {args.out}: "
+                  + summary.counts_line(summary.counts(records)) + (f" (INCOMPLETE: {interrupted})" if interrupted else ""))
     for line in summary.fixed_lines(records):
         console.print(line, style="bold red", markup=False)
     return records, interrupted, exit_code
@@ -132,8 +147,9 @@ def _run_locked(args, signals) -> int:
 
     cases = load_cases(*args.cases)
     known = load_known_issues(args.known_issues)
-    jobs = [Job(cell_id(c.id, d, t), c, d, t) for c, d, t in select_cells(cases, args.device, args.match,
-                                                                              full=not args.fast)]
+    jobs = [Job(cell_id(c.id, d, t), c, d, t)
+            for c, d, t in selected_cells(cases, args.cases, args.device, args.match, full=not args.fast)]
+    _check_outputs(args)
     if args.artifacts and not args.resume:  # this env's artifacts of an earlier run must not mix with the new ones
         import shutil
 
@@ -146,7 +162,11 @@ def _run_locked(args, signals) -> int:
         from harness.reporting.merge import merge_files
 
         table = os.path.join(os.path.dirname(os.path.abspath(args.out)), "compat.json")
-        merge_files([args.out], table)
+        try:
+            merge_files([args.out], table)
+        except OSError as exc:
+            raise OutputError(f"{table}: cannot write the table of this environment: {exc.strerror or exc} "
+                              f"(the report {args.out} is written)") from None
         print(f"table of this environment -> {table} (+ .md, .html)", file=sys.stderr)
     return _verdict(records, interrupted, exit_code, signals)
 
@@ -160,7 +180,8 @@ def cmd_read(args) -> int:
     _check_run_options(args)
     cases = load_cases(*args.cases)
     known = load_known_issues(args.known_issues)
-    chosen = {(c.id, d, t) for c, d, t in select_cells(cases, args.device, args.match, full=not args.fast)}
+    chosen = {(c.id, d, t) for c, d, t in selected_cells(cases, args.cases, args.device, args.match,
+                                                           full=not args.fast)}
     here = environment("cpu")
     if args.out is None:
         args.out = os.path.join("reports", "cross", f"{writer_name(here)}.json")
@@ -175,6 +196,9 @@ def cmd_read(args) -> int:
     print(f"{writer_name(here)} reads {len(reads)} artifacts of {len(writers)} writer(s): {', '.join(writers)}",
           file=sys.stderr)
     jobs = [Job(r.key, r.case, r.device, r.dtype, read=r.cell_dir) for r in reads]
+    if not jobs:
+        raise EmptySelection(f"no artifact in {args.artifacts} matches the selection: nothing to read")
+    _check_outputs(args)
     from harness.running.checkpoints import ReportLock, StopSignals
 
     with StopSignals() as signals, ReportLock(args.out):
@@ -182,9 +206,17 @@ def cmd_read(args) -> int:
 
 
 def cmd_list(args) -> int:
-    for case, device, dtype in select_cells(load_cases(*args.cases), args.device, args.match, full=not args.fast):
+    for case, device, dtype in selected_cells(load_cases(*args.cases), args.cases, args.device, args.match,
+                                              full=not args.fast):
         print(f"{case.id}[{device}-{dtype}]")
     return EXIT_OK
+
+
+def check_timeout_option(value, option: str) -> None:
+    """A time-limit option (--timeout, pytest --cell-timeout): a finite number of seconds, 0 < s <= one day."""
+    problem = None if value is None else timeout_problem(value)
+    if problem:
+        raise UsageError(f"{option} {value:g}: {problem}")
 
 
 def cmd_validate(args) -> int:
@@ -272,7 +304,7 @@ def main(argv=None) -> int:
         args.cases = ["cases"]
     try:
         return args.func(args)
-    except (ArtifactError, CaseError, KnownIssuesError, ReportError, UsageError) as exc:
+    except (ArtifactError, CaseError, KnownIssuesError, ReportError, UsageError, EmptySelection, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:  # Ctrl-C / SIGTERM before a run's cells started: nothing was written

@@ -89,11 +89,14 @@ def summary(runs: list[dict[str, dict]], seconds: float) -> dict:
 
 def cmd_rerun(args) -> int:
     from harness.roundtrip.check import load_cases
-    from harness.running.cells import select_cells
+    from harness.running.cells import selected_cells
+    from harness.running.outputs import OutputError, check_output_file
     from harness.running.summary import EXIT_OK, EXIT_RED
     from harness.specs.known_issues import load_known_issues
 
-    cells = list(select_cells(load_cases(*args.cases), args.device, args.match, full=not args.fast))
+    cells = selected_cells(load_cases(*args.cases), args.cases, args.device, args.match, full=not args.fast)
+    if args.out:
+        check_output_file(args.out, "--out")
     start = time.monotonic()
 
     def progress(rep, records):
@@ -116,7 +119,10 @@ def cmd_rerun(args) -> int:
     if args.out:
         from harness.reporting.report import write_json_atomic
 
-        write_json_atomic(args.out, result)
+        try:
+            write_json_atomic(args.out, result)
+        except OSError as exc:
+            raise OutputError(f"--out {args.out}: cannot write the summary: {exc.strerror or exc}") from None
     print(f"{result['cells']} cells x {result['repetitions']} repetitions in {result['seconds']} s: "
           f"{len(result['unstable'])} unstable")
     for cell in result["unstable"]:

@@ -39,6 +39,7 @@ import traceback
 
 from harness.roundtrip.cell import MESSAGE_LIMIT, applicability, new_record, run_roundtrip
 from harness.running.cells import finish
+from harness.specs.case import timeout_problem
 
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # is_available() without initialising CUDA
 
@@ -75,10 +76,15 @@ def _leave_child(code: int) -> None:
 
 
 def cell_timeout(case, default: float | None = None) -> float:
-    """The time limit of a cell: the case's timeout_s, else `default`, else DEFAULT_TIMEOUT_S."""
-    if getattr(case, "timeout_s", None):
-        return float(case.timeout_s)
-    return float(default if default is not None else DEFAULT_TIMEOUT_S)
+    """The time limit of a cell: the case's timeout_s, else `default`, else DEFAULT_TIMEOUT_S. A limit that is
+    not a finite number of seconds in (0, MAX_TIMEOUT_S] raises ValueError (validation and the fronts refuse
+    one up front; this guards a Case or a CellRunner built by hand)."""
+    limit = case.timeout_s if getattr(case, "timeout_s", None) is not None else default
+    limit = DEFAULT_TIMEOUT_S if limit is None else limit
+    problem = timeout_problem(limit)
+    if problem:
+        raise ValueError(f"time limit of {getattr(case, 'id', case)}: {problem}")
+    return float(limit)
 
 
 def can_fork() -> bool:
@@ -564,6 +570,8 @@ class CellRunner:
         releases, under <artifacts>/<this env>/ (harness.artifacts.store)."""
         from harness.roundtrip.families import BaseCheckpoints
 
+        if timeout_s is not None and timeout_problem(timeout_s):
+            raise ValueError(f"timeout_s: {timeout_problem(timeout_s)}")
         self.tmp_root = tmp_root
         if tmp_root is not None:
             os.makedirs(tmp_root, exist_ok=True)
@@ -621,9 +629,16 @@ class CellRunner:
 
             store(record, record["artifact_dir"], self.artifacts)
         if keep and record.get("artifact_dir"):
+            from harness.running.outputs import OutputError
             from harness.running.repro import keep_evidence
 
-            keep_evidence(record, case, self.keep_failed)
+            try:
+                keep_evidence(record, case, self.keep_failed)
+            except OSError as exc:  # a full disk, a folder removed under the run: one clear error, not a traceback
+                if record.get("artifact_dir"):
+                    shutil.rmtree(record["artifact_dir"], ignore_errors=True)
+                raise OutputError(f"--keep-failed {self.keep_failed}: cannot keep the evidence of "
+                                  f"{record['cell_id']}: {exc.strerror or exc}") from None
         elif record.get("artifact_dir"):
             shutil.rmtree(record.pop("artifact_dir"), ignore_errors=True)
         return record

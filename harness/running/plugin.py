@@ -20,7 +20,9 @@ from harness.roundtrip.environment import versions_line
 from harness.roundtrip.families import BaseCheckpoints
 from harness.running import summary
 from harness.reporting.report import ReportError
-from harness.running.checkpoints import ReportCheckpoints, ReportLock, StopSignals, Terminated
+from harness.running.checkpoints import ReportCheckpoints, ReportLock, StopSignals, Terminated, admit
+from harness.running.cli import UsageError, check_timeout_option
+from harness.running.outputs import OutputError, check_output_file, check_output_folder
 from harness.specs import statuses
 from harness.running.isolation import DEFAULT_TIMEOUT_S, ISOLATION_CHOICES, ISOLATION_HELP, CellRunner, isolate_value
 from harness.specs.case import CaseError
@@ -52,17 +54,24 @@ class CompatState:
 
     def __init__(self, config):
         self.config = config
+        self.is_worker = hasattr(config, "workerinput")
         dirs = config.getoption("--cases") or [str(Path(config.rootpath) / "cases")]
         self.case_dirs = [Path(d).resolve() for d in dirs if os.path.isdir(d) or d in (config.getoption("--cases") or [])]
-        try:
-            self.cases = load_cases(*self.case_dirs)
+        try:  # the cheap checks first: validating the cases imports peft
+            check_timeout_option(config.getoption("--cell-timeout"), "--cell-timeout")
+            if not self.is_worker:  # where the run writes, checked before the first cell (the controller's job)
+                if config.getoption("--compat-report"):
+                    check_output_file(config.getoption("--compat-report"), "--compat-report")
+                if config.getoption("--keep-failed"):
+                    check_output_folder(config.getoption("--keep-failed"), "--keep-failed")
             self.known = load_known_issues(config.getoption("--known-issues"))
-        except (CaseError, KnownIssuesError) as exc:
+            self.cases = load_cases(*self.case_dirs)
+        except (CaseError, KnownIssuesError, UsageError, OutputError) as exc:
             raise pytest.UsageError(f"peft-compat: {exc}") from None
+        self.write_error: str | None = None
         self.by_path = {}
         for case in self.cases:
             self.by_path.setdefault(Path(case.path).resolve(), []).append(case)
-        self.is_worker = hasattr(config, "workerinput")
         # xdist: the controller gives each worker a folder of its own for stage files, base checkpoints and cell
         # folders, and removes it at the end: even a worker that died leaves nothing behind.
         self.session_dir = config.workerinput.get("peft_compat_session_dir") if self.is_worker else None
@@ -96,8 +105,13 @@ class CompatState:
     # hooks: this object is registered as a plugin in pytest_configure
 
     def _keep(self, record: dict) -> None:
-        if self.checkpoints is not None:
-            self.checkpoints.add(record)  # rewrites the report (atomically, throttled) while the run goes on
+        if self.checkpoints is not None and self.write_error is None:
+            try:
+                self.checkpoints.add(record)  # rewrites the report (atomically, throttled) while the run goes on
+            except ReportError as exc:  # a full disk: keep running; the final write tries again, or says so
+                self.write_error = str(exc)
+        elif self.checkpoints is not None:
+            self.checkpoints.records[record["cell_id"]] = admit(record)
         else:
             self.records[record["cell_id"]] = record
 
@@ -219,23 +233,36 @@ class CompatState:
         if self.signals is not None:
             self.signals.defer()
         if self.checkpoints is not None:
-            complete, reason = self.completeness(session, exitstatus)
-            self.checkpoints.write(complete=complete, reason=reason)
+            interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+            if self.records or interrupted:  # no cell selected (exit 5, -k / -m left none): a report there stays
+                complete, reason = self.completeness(session, exitstatus)
+                try:
+                    self.checkpoints.write(complete=complete, reason=reason)
+                    self.write_error = None
+                except ReportError as exc:
+                    self.write_error = str(exc)
+                if self.write_error is not None and session.exitstatus in (pytest.ExitCode.OK,
+                                                                            pytest.ExitCode.TESTS_FAILED):
+                    session.exitstatus = pytest.ExitCode.INTERNAL_ERROR  # the cells ran, but their report is lost
         yield
         self.runner.close()  # stops the cell worker, removes the base checkpoints
         if self.session_dir and not self.is_worker:
             shutil.rmtree(self.session_dir, ignore_errors=True)
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
+        path = config.getoption("--compat-report")
+        if self.write_error is not None:
+            terminalreporter.write_line(f"peft-compat: error: {self.write_error}", red=True, bold=True)
         if not self.records:
+            if path and not self.is_worker and exitstatus != pytest.ExitCode.INTERRUPTED:
+                terminalreporter.write_line(f"peft-compat: no cell ran: --compat-report {path} is not written")
             return
         counts = summary.counts(self.records.values())
         terminalreporter.section("peft-compat")
         terminalreporter.write_line(summary.counts_line(counts))
         for line in summary.fixed_lines(self.records.values()):
             terminalreporter.write_line(line, red=True, bold=True)
-        path = config.getoption("--compat-report")
-        if path:
+        if path and self.write_error is None:
             terminalreporter.write_line(f"report: {path} ({len(self.records)} cells; red statuses: "
                                         f"{summary.red_count(counts)})")
 

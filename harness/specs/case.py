@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -18,6 +19,22 @@ from packaging.version import Version
 
 DEVICES = ("cpu", "cuda", "cuda_to_cpu")
 DTYPES = ("fp32", "bf16", "fp16")
+# The longest time limit a cell may have (case timeout_s, CLI --timeout, pytest --cell-timeout): one day. A limit
+# must be a finite number of seconds; inf, nan or 1e20 is a typo, and would break the wait on the cell's process.
+MAX_TIMEOUT_S = 86400.0
+
+
+def timeout_problem(value) -> str | None:
+    """Why `value` cannot be a cell's time limit in seconds, or None when it can."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{value!r} is not a number of seconds"
+    if not math.isfinite(value):
+        return f"{value!r} is not a finite number of seconds"
+    if not value > 0:
+        return f"{value:g}: the time limit must be more than 0 seconds"
+    if value > MAX_TIMEOUT_S:
+        return f"{value:g} s is more than the longest time limit of {MAX_TIMEOUT_S:g} s (one day)"
+    return None
 
 
 class CaseError(ValueError):
@@ -130,6 +147,13 @@ def _validate_semantics(data: dict, path) -> None:
             raise CaseError(path, f"requires.{package}", f"not a version specifier: {spec!r} (e.g. '>=0.14')")
         if not satisfiable(specifier):
             raise CaseError(path, f"requires.{package}", f"{spec!r} can never be met: no version satisfies it")
+    if "timeout_s" in data:
+        problem = timeout_problem(data["timeout_s"])
+        if problem:
+            raise CaseError(path, "timeout_s", problem)
+    for dtype, value in data.get("tolerance", {}).items():  # the schema allows inf and nan: JSON has neither
+        if dtype != "reason" and not (math.isfinite(value) and value > 0):
+            raise CaseError(path, f"tolerance.{dtype}", f"{value!r}: a tolerance must be a finite number more than 0")
     overlap = set(data.get("full_dtypes", [])) & set(data.get("dtypes", ["fp32"]))
     if overlap:
         raise CaseError(path, "full_dtypes", f"{sorted(overlap)[0]!r} is already in dtypes")

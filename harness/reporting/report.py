@@ -107,15 +107,19 @@ def validate_report(report: dict, source: str = "<report>") -> None:
         raise ReportError(f"{source}: does not match the report schema {SCHEMA_VERSION} at {where}: {error.message}")
 
 
-def cell_errors(cell) -> list:
-    """The schema errors of one record as a report stores it (non-finite numbers already null), outermost
-    first; [] when the record is valid."""
+@lru_cache(maxsize=1)
+def _cell_validator():
     import jsonschema
 
     schema = report_schema()
-    validator = jsonschema.Draft202012Validator({**schema["$defs"]["cell"], "$defs": schema["$defs"]})
-    return sorted(validator.iter_errors(_json_safe(cell)), key=lambda e: (len(list(e.absolute_path)),
-                                                                          str(list(e.absolute_path))))
+    return jsonschema.Draft202012Validator({**schema["$defs"]["cell"], "$defs": schema["$defs"]})
+
+
+def cell_errors(cell) -> list:
+    """The schema errors of one record as a report stores it (non-finite numbers already null), outermost
+    first; [] when the record is valid."""
+    return sorted(_cell_validator().iter_errors(_json_safe(cell)), key=lambda e: (len(list(e.absolute_path)),
+                                                                                  str(list(e.absolute_path))))
 
 
 def describe_error(error) -> str:

@@ -156,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     dif = sub.add_parser("diff", help="compare two reports/matrices; exit 1 on a regression")
     _diff.add_arguments(dif)
     dif.set_defaults(func=lambda a: _diff.main_args(a))
+    from harness.running import bisect as _bisect
+
+    bis = sub.add_parser("bisect", help="find the release of peft or transformers at which a cell's outcome changes")
+    _bisect.add_arguments(bis)
+    bis.set_defaults(func=_bisect.cmd_bisect)
     return parser
 
 

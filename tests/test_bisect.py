@@ -210,3 +210,56 @@ def test_real_bisection_of_the_load_adapter_fix(tmp_path):
     assert (answer["last_failing"], answer["first_passing"]) == ("0.13.2", "0.14.0"), proc.stdout
     assert answer["before_outcome"] == "fail at load (non-adapter-keys-missing)" and answer["after_outcome"] == "pass"
     assert "last failing: 0.13.2" in proc.stdout
+
+
+def test_a_group_of_cells_shares_each_probe_process_and_the_cache_answers_reruns(tmp_path, monkeypatch):
+    """bisect CELL CELL: a cache miss runs every cell of the group in one harness process; the other cells'
+    searches then read their runs from the cache, and a second bisection of the same cells runs nothing."""
+    from harness.running import probe_envs
+
+    class Builder:
+        root, cache, log = ROOT, str(tmp_path), staticmethod(lambda m: None)
+
+        def ensure(self, pins):
+            if pins["peft"] == "0.11.1":
+                raise Untestable("does not install (fake)")
+            return "/fake/python"
+
+    cells = {"a[cpu-fp32]": str(ROOT / "cases" / "methods-lora.toml"),
+             "b[cpu-bf16]": str(ROOT / "cases" / "methods-loha.toml")}
+    processes = []
+
+    def fake_run(self, python, pins):
+        processes.append(pins["peft"])
+        bad = rel.Version(pins["peft"]) >= rel.Version("0.12.0")
+        out = {}
+        for cell in self.cells:
+            status = "error" if bad and cell.startswith("a") else "pass"
+            out[cell] = {"outcome": {"status": status, "stage": "save" if status == "error" else None,
+                                     "signature": None, "exception_type": None, "normalized_message": None,
+                                     "message": None}, "seconds": 1.0, "environment": {}, "date": "2026-11-23"}
+        return out
+
+    monkeypatch.setattr(probe_envs.Prober, "_run", fake_run)
+    versions = ["0.10.0", "0.11.0", "0.11.1", "0.12.0", "0.13.0"]
+
+    def bisect_all():
+        prober = probe_envs.Prober(cells, Builder())
+        found = {cell: bs.search(versions, lambda v, c=cell: outcome_key(prober({"peft": v, "transformers": "4.41.2"},
+                                                                                c)), reruns=3)
+                 for cell in cells}
+        return prober, found
+
+    prober, found = bisect_all()
+    assert (found["a[cpu-fp32]"]["before"], found["a[cpu-fp32]"]["after"]) == ("0.11.0", "0.12.0")
+    assert found["a[cpu-fp32]"]["untested_between"] == ["0.11.1"] and "0.11.1" in found["a[cpu-fp32]"]["untestable"]
+    assert found["b[cpu-bf16]"]["state"] == "no-change"
+    ran_first = len(processes)
+    # b's search read the ends from a's processes; its own reruns of the ends ran a too (one process each)
+    assert prober.from_cache["b[cpu-bf16]"] >= 2
+    assert ran_first == prober.processes == prober.ran["a[cpu-fp32]"] + prober.ran["b[cpu-bf16]"]
+    prober, again = bisect_all()
+    assert len(processes) == ran_first and prober.processes == 0  # all from the cache
+    assert again["a[cpu-fp32]"]["after"] == "0.12.0"
+    cache = json.loads((tmp_path / "probes.json").read_text())["probes"]
+    assert any(k.startswith("a[cpu-fp32]|transformers-4.41.2_peft-0.12.0|") and len(v) == 3 for k, v in cache.items())

@@ -184,8 +184,8 @@ def _label(before_key, after_key) -> tuple[str, str]:
     return "first changed", "last as before"
 
 
-def command_line(args) -> str:
-    parts = ["python -m harness bisect", shlex.quote(args.cell), "--package", args.package]
+def command_line(args, cell: str) -> str:
+    parts = ["python -m harness bisect", shlex.quote(cell), "--package", args.package]
     for flag, value in (("--good", args.good), ("--bad", args.bad), ("--hold", args.hold)):
         if value:
             parts += [flag, shlex.quote(value)]
@@ -208,14 +208,15 @@ def _find_case(root: Path, cell: str):
     raise ValueError(f"no cell {cell!r}: give a full cell id, CASE[DEVICE-DTYPE]{hint}")
 
 
-def run_bisect(args, *, log=None) -> dict:
+def run_bisect(args, *, log=None) -> list[dict]:
+    """One answer per cell of args.cells, bisected over the same releases (their probes share processes)."""
     from harness.running import releases as rel
     from harness.running.probe_envs import EnvBuilder, Prober
 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
-    started = time.monotonic()
     root = Path(args.root).resolve() if args.root else Path(__file__).resolve().parents[2]
-    case = _find_case(root, args.cell)
+    cells = list(dict.fromkeys(args.cells))
+    cases = {cell: _find_case(root, cell) for cell in cells}
     other, held = parse_hold(args.hold, args.package)
     python_version = ".".join(map(str, sys.version_info[:3]))
     mine = rel.list_releases(args.package, python=python_version, log=log)
@@ -244,35 +245,41 @@ def run_bisect(args, *, log=None) -> dict:
 
     builder = EnvBuilder(root, cache=args.cache_dir, uv=args.uv, python=args.python,
                          retry_untestable=args.retry_untestable, log=log)
-    prober = Prober(args.cell, case.path, builder, timeout_s=args.timeout, use_cache=not args.no_cache, log=log)
-
-    def probe(version: str):
-        return outcome_key(prober(pins_for(version)), args.compare)
-
+    prober = Prober({cell: cases[cell].path for cell in cells}, builder, timeout_s=args.timeout,
+                    use_cache=not args.no_cache, log=log)
     hold_text = f"{other}=={held}" if held else f"{other} contemporary (newest release before each candidate)"
-    log(f"bisect {args.cell}: {args.package} {low} .. {high} ({len(window)} releases), {hold_text}")
-    found = search([r.text for r in window], probe, reruns=args.reruns, log=log)
-
-    answer = {"cell": args.cell, "package": args.package, "good": good.text, "bad": bad.text,
-              "hold": {other: held or "contemporary"}, "compare": args.compare, "reruns": args.reruns,
-              "candidates": [r.text for r in window], "state": found["state"],
-              "untestable": found["untestable"], "untested_between": found["untested_between"],
-              "flaky": {v: {describe(k): n for k, n in c.items()} for v, c in found["flaky"].items()},
-              "runs": {v: [describe(k) for k in ks] for v, ks in found["runs"].items()}}
-    if found["state"] == "found":
-        before, after = found["before"], found["after"]
-        after_word, before_word = _label(found["before_outcome"], found["after_outcome"])
-        answer.update({"before": before, "after": after,
-                       "before_outcome": describe(found["before_outcome"]),
-                       "after_outcome": describe(found["after_outcome"]),
-                       "before_versions": _safe_pins(pins_for, before), "after_versions": _safe_pins(pins_for, after),
-                       "labels": {"after": after_word, "before": before_word},
-                       after_word.replace(" ", "_"): after, before_word.replace(" ", "_"): before})
-        answer["attribution"] = _attribute(args, pins_for, prober, found, other, held, log)
-    answer.update({"probes": prober.ran, "probes_from_cache": prober.from_cache,
-                   "seconds": round(time.monotonic() - started, 1), "date": date.today().isoformat(),
-                   "command": command_line(args), "history": prober.history})
-    return answer
+    answers = []
+    for cell in cells:
+        started = time.monotonic()
+        log(f"bisect {cell}: {args.package} {low} .. {high} ({len(window)} releases), {hold_text}")
+        found = search([r.text for r in window], lambda version: outcome_key(prober(pins_for(version), cell),
+                                                                             args.compare),
+                       reruns=args.reruns, log=log)
+        answer = {"cell": cell, "package": args.package, "good": good.text, "bad": bad.text,
+                  "hold": {other: held or "contemporary"}, "compare": args.compare, "reruns": args.reruns,
+                  "candidates": [r.text for r in window], "state": found["state"],
+                  "untestable": found["untestable"], "untested_between": found["untested_between"],
+                  "flaky": {v: {describe(k): n for k, n in c.items()} for v, c in found["flaky"].items()},
+                  "runs": {v: [describe(k) for k in ks] for v, ks in found["runs"].items()}}
+        if found["state"] == "found":
+            before, after = found["before"], found["after"]
+            after_word, before_word = _label(found["before_outcome"], found["after_outcome"])
+            answer.update({"before": before, "after": after,
+                           "before_outcome": describe(found["before_outcome"]),
+                           "after_outcome": describe(found["after_outcome"]),
+                           "before_versions": _safe_pins(pins_for, before),
+                           "after_versions": _safe_pins(pins_for, after),
+                           "labels": {"after": after_word, "before": before_word},
+                           after_word.replace(" ", "_"): after, before_word.replace(" ", "_"): before})
+            answer["attribution"] = _attribute(args, pins_for, lambda pins: prober(pins, cell), found, other,
+                                               held, log)
+        answer.update({"probes": prober.ran[cell], "probes_from_cache": prober.from_cache[cell],
+                       "group_processes": prober.processes if len(cells) > 1 else None,
+                       "seconds": round(time.monotonic() - started, 1), "date": date.today().isoformat(),
+                       "command": command_line(args, cell),
+                       "history": [h for h in prober.history if h["cell"] == cell]})
+        answers.append(answer)
+    return answers
 
 
 def _safe_pins(pins_for, version):
@@ -343,8 +350,10 @@ def toml_snippet(answer: dict) -> str | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("cell", help="a cell id as `python -m harness list` prints it, e.g. "
-                                     "'bert_classifier-lora-bias_all-add_adapter[cpu-fp32]'")
+    parser.add_argument("cells", nargs="+", metavar="CELL",
+                        help="a cell id as `python -m harness list` prints it, e.g. "
+                             "'bert_classifier-lora-bias_all-add_adapter[cpu-fp32]'; several cells are bisected over "
+                             "the same releases, each probe running them all in one process")
     parser.add_argument("--package", required=True, choices=PACKAGES, help="the package whose releases to bisect")
     parser.add_argument("--good", metavar="VERSION", help="one end (default: the oldest release tox.ini pins)")
     parser.add_argument("--bad", metavar="VERSION", help="the other end (default: the newest release)")
@@ -368,6 +377,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", metavar="DIR", help=argparse.SUPPRESS)  # the checkout (default: this one)
 
 
+def print_answer(answer: dict, prefix: str = "") -> None:
+    print(prefix + summary_line(answer))
+    if answer.get("attribution"):
+        print(f"{prefix}attribution: {answer['attribution']['how']}")
+    for version, counts in answer["flaky"].items():
+        print(f"{prefix}flaky: {answer['package']} {version} gave "
+              + ", ".join(f"{k} x{n}" for k, n in counts.items()))
+    for version, reason in answer["untestable"].items():
+        print(f"{prefix}skipped: {answer['package']} {version}: {reason[:300]}")
+    snippet = toml_snippet(answer)
+    if snippet:
+        print(f"{prefix}known_issues.toml: {snippet}")
+
+
 def cmd_bisect(args) -> int:
     from harness.running.releases import IndexError_
 
@@ -375,22 +398,14 @@ def cmd_bisect(args) -> int:
         print("error: --reruns must be at least 1", file=sys.stderr)
         return 2
     try:
-        answer = run_bisect(args)
+        answers = run_bisect(args)
     except (ValueError, LookupError, IndexError_) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(summary_line(answer))
-    if answer.get("attribution"):
-        print(f"attribution: {answer['attribution']['how']}")
-    for version, counts in answer["flaky"].items():
-        print(f"flaky: {answer['package']} {version} gave " + ", ".join(f"{k} x{n}" for k, n in counts.items()))
-    for version, reason in answer["untestable"].items():
-        print(f"skipped: {answer['package']} {version}: {reason[:300]}")
-    snippet = toml_snippet(answer)
-    if snippet:
-        print(f"known_issues.toml: {snippet}")
+    for answer in answers:
+        print_answer(answer, f"{answer['cell']}: " if len(answers) > 1 else "")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w", encoding="utf-8") as fh:
-            json.dump(answer, fh, indent=1)
-    return 0 if answer["state"] in ("found", "no-change") else 1
+            json.dump(answers[0] if len(answers) == 1 else {"answers": answers}, fh, indent=1)
+    return 0 if all(a["state"] in ("found", "no-change") for a in answers) else 1

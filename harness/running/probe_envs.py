@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import date
 from pathlib import Path
 
@@ -206,28 +207,34 @@ def describe(outcome_or_key) -> str:
 
 
 class Prober:
-    """probe(pins) -> the outcome of one more run of `cell` on these versions (cached runs first)."""
+    """prober(pins, cell) -> the outcome of one more run of `cell` on these versions (cached runs first).
 
-    def __init__(self, cell: str, case_path: str, builder: EnvBuilder, *, timeout_s: float = 300,
-                 use_cache: bool = True, log=None):
-        self.cell = cell
+    A prober serves a group of cells (bisect CELL CELL ...): a run that the cache cannot answer runs every cell
+    of the group in one harness process and caches each result, so cells bisected over the same releases share
+    each environment's interpreter start and imports (most of a probe's cost)."""
+
+    def __init__(self, cells: dict, builder: EnvBuilder, *, timeout_s: float = 300, use_cache: bool = True,
+                 log=None):
+        self.cells = dict(cells)  # cell id -> case file
         self.builder = builder
         self.timeout_s = timeout_s
         self.use_cache = use_cache
         self.log = log or builder.log
-        self.digest = _digest(builder.root, case_path)
+        self.digests = {cell: _digest(builder.root, path) for cell, path in self.cells.items()}
         self.cache_file = os.path.join(builder.cache, "probes.json")
         self._served: dict[str, int] = {}
-        self.ran = 0          # cell runs executed by this prober
-        self.from_cache = 0   # runs answered from the cache
+        self._memory: dict[str, list] = {}  # --no-cache: runs of this bisection only
+        self.ran = Counter()         # per cell: its runs that a harness process executed
+        self.from_cache = Counter()  # per cell: its runs answered from the cache
+        self.processes = 0           # harness processes started
         self.history: list[dict] = []
 
-    def key(self, pins: dict) -> str:
-        return f"{self.cell}|{env_name(pins)}|torch-2.13.0|{self.digest}"
+    def key(self, pins: dict, cell: str) -> str:
+        return f"{cell}|{env_name(pins)}|torch-2.13.0|{self.digests[cell]}"
 
     def _cached_runs(self, key: str) -> list[dict]:
         if not self.use_cache:
-            return []
+            return self._memory.get(key, [])
         try:
             with open(self.cache_file, encoding="utf-8") as fh:
                 return json.load(fh).get("probes", {}).get(key, [])
@@ -235,6 +242,9 @@ class Prober:
             return []
 
     def _store(self, key: str, run: dict) -> None:
+        if not self.use_cache:
+            self._memory.setdefault(key, []).append(run)
+            return
         with _locked(self.cache_file + ".lock"):
             try:
                 with open(self.cache_file, encoding="utf-8") as fh:
@@ -247,55 +257,68 @@ class Prober:
                 json.dump(data, fh, indent=0)
             os.replace(tmp, self.cache_file)
 
-    def __call__(self, pins: dict) -> dict:
-        key = self.key(pins)
+    def __call__(self, pins: dict, cell: str | None = None) -> dict:
+        cell = cell or next(iter(self.cells))
+        key = self.key(pins, cell)
         index = self._served.get(key, 0)
         cached = self._cached_runs(key)
         if index < len(cached):
-            run = cached[index]
-            self.from_cache += 1
-            source = "cache"
+            run, source = cached[index], "cache"
+            self.from_cache[cell] += 1
         else:
-            python = self.builder.ensure(pins)  # Untestable propagates: nothing is cached for the cell
-            run = self._run(python, pins)
-            self.ran += 1
-            source = "ran"
-            if self.use_cache:
-                self._store(key, run)
+            python = self.builder.ensure(pins)  # Untestable propagates: nothing is cached for the cells
+            runs = self._run(python, pins)
+            for other, other_run in runs.items():
+                self._store(self.key(pins, other), other_run)
+            run, source = runs[cell], "ran"
+            self.ran[cell] += 1
+            if len(self.cells) > 1:  # the other cells' runs wait in the cache for their own searches
+                self.log(f"  ({len(runs) - 1} more cell(s) of the group ran in the same process)")
         self._served[key] = index + 1
-        self.history.append({"versions": dict(pins), "source": source, **run})
+        self.history.append({"cell": cell, "versions": dict(pins), "source": source, **run})
         self.log(f"  {pins_text(pins)}: {describe(run['outcome'])}"
-                 + (f" [{run['seconds']:.0f} s]" if source == "ran" else " [cached]"))
+                 + (f" [{run['seconds']:.0f} s]" if source == "ran" else " [cached]")
+                 + (f" {cell}" if len(self.cells) > 1 else ""))
         return run["outcome"]
 
     def _run(self, python: str, pins: dict) -> dict:
+        """Every cell of the group, once, in one harness process: {cell: run}."""
         started = time.monotonic()
+        self.processes += 1
         with tempfile.TemporaryDirectory(prefix="peft-compat-probe-") as tmp:
             empty = os.path.join(tmp, "no-known-issues.toml")
             Path(empty).write_text("# bisect compares raw outcomes: no known issue applies\n")
             out = os.path.join(tmp, "probe.json")
             cmd = [python, "-m", "harness", "run", "-q", "--isolation", "worker",
-                   "--cases", str(self.builder.root / "cases"), "-k", self.cell, "--out", out,
+                   "--cases", str(self.builder.root / "cases"), "--out", out,
                    "--known-issues", empty, "--timeout", f"{self.timeout_s:g}"]
+            for cell in self.cells:
+                cmd += ["-k", cell]
+            limit = self.timeout_s * len(self.cells) + 600
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, env=_probe_env(self.builder.root),
-                                      timeout=self.timeout_s + 600)
+                                      timeout=limit)
             except subprocess.TimeoutExpired:
-                raise Untestable(f"the probe process did not finish within {self.timeout_s + 600:.0f} s") from None
+                raise Untestable(f"the probe process did not finish within {limit:.0f} s") from None
             try:
                 with open(out, encoding="utf-8") as fh:
                     report = json.load(fh)
             except (OSError, ValueError):
                 raise Untestable(f"the harness did not run in this environment (exit {proc.returncode}): "
                                  f"{_tail(proc.stderr, 4)}") from None
-        records = [r for r in report.get("cells", []) if r.get("cell_id") == self.cell]
-        if not records:
-            raise LookupError(f"the probe's report has no cell {self.cell!r} (cases changed?)")
-        record = records[0]
-        return {"outcome": outcome_of(record), "seconds": round(time.monotonic() - started, 1),
-                "environment": {k: record.get("environment", {}).get(k) for k in
-                                ("peft", "transformers", "torch", "safetensors", "accelerate", "device_name")},
-                "date": date.today().isoformat()}
+        seconds = round(time.monotonic() - started, 1)
+        by_id = {r.get("cell_id"): r for r in report.get("cells", [])}
+        runs = {}
+        for cell in self.cells:
+            if cell not in by_id:
+                raise LookupError(f"the probe's report has no cell {cell!r} (cases changed?)")
+            record = by_id[cell]
+            runs[cell] = {"outcome": outcome_of(record), "seconds": seconds,
+                          "environment": {k: record.get("environment", {}).get(k) for k in
+                                          ("peft", "transformers", "torch", "safetensors", "accelerate",
+                                           "device_name")},
+                          "date": date.today().isoformat()}
+        return runs
 
 
 def _digest(root: Path, case_path: str) -> str:

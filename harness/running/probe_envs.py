@@ -267,6 +267,7 @@ class Prober:
             self.from_cache[cell] += 1
         else:
             python = self.builder.ensure(pins)  # Untestable propagates: nothing is cached for the cells
+            self.processes += 1
             runs = self._run(python, pins)
             for other, other_run in runs.items():
                 self._store(self.key(pins, other), other_run)
@@ -284,7 +285,6 @@ class Prober:
     def _run(self, python: str, pins: dict) -> dict:
         """Every cell of the group, once, in one harness process: {cell: run}."""
         started = time.monotonic()
-        self.processes += 1
         with tempfile.TemporaryDirectory(prefix="peft-compat-probe-") as tmp:
             empty = os.path.join(tmp, "no-known-issues.toml")
             Path(empty).write_text("# bisect compares raw outcomes: no known issue applies\n")

@@ -112,3 +112,78 @@ def test_an_intermittent_issue_that_does_not_show_is_a_pass_not_a_fix():
     out = classify(record(status="pass", stage=None), issues(intermittent=True))
     assert out["status"] == "pass" and out["known_issue"]["intermittent"] is True
     assert classify(record(), issues(intermittent=True))["status"] == "expected-failure"
+
+
+def _bound_edges(issue):
+    """(package, operator, version) of every range bound in an entry's specifiers."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    for package, spec in issue.versions.items():
+        for clause in SpecifierSet(spec):
+            if clause.operator in (">=", ">", "<", "<="):
+                yield package, clause.operator, Version(clause.version)
+
+
+def test_every_range_edge_of_the_shipped_table_was_bisected():
+    """Issue 10: a range edge is the exact release `python -m harness bisect` found, recorded in the entry
+    (bisected = [...]), never a guess between two releases the matrix happens to pin."""
+    from packaging.version import Version
+
+    missing = []
+    for issue in load_known_issues():
+        for package, op, bound in _bound_edges(issue):
+            def straddles(edge):
+                failing, passing = Version(edge.failing), Version(edge.passing)
+                if op in (">=", ">"):
+                    return edge.kind == "starts" and passing < bound <= failing if op == ">=" else \
+                        edge.kind == "starts" and passing <= bound < failing
+                return edge.kind == "ends" and failing < bound <= passing if op == "<" else \
+                    edge.kind == "ends" and failing <= bound < passing
+            if not any(edge.package == package and straddles(edge) for edge in issue.bisected):
+                missing.append(f"{issue.cases[0]} ({issue.reference}): {package}{op}{bound}")
+    assert not missing, "range edges without a bisected record:\n" + "\n".join(missing)
+
+
+@pytest.mark.parametrize("edge, words", [
+    ({"package": "peft", "first_failing": "0.12.0", "last_passing": "0.11.1", "date": "2026-11-23",
+      "command": "python -m harness bisect c --package peft"}, None),
+    ({"package": "peft", "first_failing": "0.12.0", "date": "2026-11-23", "command": "python -m harness bisect c"},
+     "either last_passing"),
+    ({"package": "peft", "first_failing": "0.12.0", "first_passing": "0.11.1", "date": "2026-11-23",
+      "command": "python -m harness bisect c"}, "either last_passing"),
+    ({"package": "peft", "first_failing": "0.13.0", "last_passing": "0.12.0", "date": "2026-11-23",
+      "command": "python -m harness bisect c"}, "does not match the bisected edge"),
+    ({"package": "peft", "first_failing": "0.12.0", "last_passing": "0.11.1", "date": "2026-11-23",
+      "command": "python -m harness bisect c"}, None),
+    ({"package": "peft", "first_failing": "0.11.1", "last_passing": "0.12.0", "date": "2026-11-23",
+      "command": "python -m harness bisect c"}, "must be older"),
+    ({"package": "transformers", "first_failing": "4.41.0", "last_passing": "4.40.2", "date": "2026-11-23",
+      "command": "python -m harness bisect c"}, "no specifier"),
+    ({"package": "peft", "first_failing": "0.12.0", "last_passing": "0.11.1", "date": "23.11.2026",
+      "command": "python -m harness bisect c"}, "YYYY-MM-DD"),
+    ({"package": "peft", "first_failing": "0.12.0", "last_passing": "0.11.1", "date": "2026-11-23",
+      "command": "guessed"}, "command must be"),
+    ({"package": "peft", "first_failing": "0.12.0", "last_passing": "0.11.1", "date": "2026-11-23",
+      "command": "python -m harness bisect c", "probs": 3}, "unknown field 'probs'"),
+    ({"package": "peft", "first_failing": "x.y", "last_passing": "0.11.1", "date": "2026-11-23",
+      "command": "python -m harness bisect c"}, "not a version"),
+])
+def test_bisected_edges_are_checked_against_the_specifier(edge, words):
+    entry = {"cases": ["c"], "stage": "save", "reference": "r", "versions": {"peft": ">=0.12"}, "bisected": [edge]}
+    if words is None:
+        (issue,) = parse_known_issues({"issue": [entry]})
+        assert issue.bisected[0].failing == "0.12.0" and issue.bisected[0].kind == "starts"
+    else:
+        with pytest.raises(KnownIssuesError, match=words):
+            parse_known_issues({"issue": [entry]})
+
+
+def test_a_fix_edge_and_an_unknown_signature():
+    entry = {"cases": ["c"], "stage": "save", "reference": "r", "versions": {"peft": "<0.14"},
+             "bisected": [{"package": "peft", "last_failing": "0.13.2", "first_passing": "0.14.0",
+                           "date": "2026-11-23", "command": "python -m harness bisect c --package peft"}]}
+    (issue,) = parse_known_issues({"issue": [entry]})
+    assert (issue.bisected[0].kind, issue.bisected[0].failing, issue.bisected[0].passing) == ("ends", "0.13.2", "0.14.0")
+    with pytest.raises(KnownIssuesError, match="signature 'dtype' is not one of dtype-mismatch"):
+        parse_known_issues({"issue": [{"cases": ["c"], "stage": "save", "reference": "r", "signature": "dtype"}]})

@@ -87,6 +87,15 @@ def test_nightly_is_scheduled_dispatchable_and_derives_its_matrix_from_tox():
     assert '-read" -- --pairs all' in "".join(s.get("run", "") for s in read_steps)
     assert any(s.get("with", {}).get("name") == "artifacts-${{ matrix.env }}" for s in jobs["matrix"]["steps"])
     assert "cross.md" in merge_runs and "previous/cross.json" in merge_runs
+    # a regression is bisected (CPU cells, both packages) before it fails the job, and the answer is summarized
+    steps = {s.get("name", ""): s for s in jobs["merge"]["steps"]}
+    bisect = next(s for name, s in steps.items() if name.startswith("bisect"))
+    assert bisect["if"] == "${{ steps.diff.outputs.regressed == 'true' }}"
+    assert "python -m harness bisect" in bisect["run"] and "GITHUB_STEP_SUMMARY" in bisect["run"]
+    assert "diff.json" in bisect["run"] and "--json > diff.json" in merge_runs
+    names = [s.get("name", "") for s in jobs["merge"]["steps"]]
+    assert names.index(bisect["name"]) < names.index("a regression fails the nightly")
+    assert "exit 1" in steps["a regression fails the nightly"]["run"]
     gpu = jobs["gpu"]
     assert "self-hosted" in gpu["runs-on"] and "vars.GPU_RUNNER_LABEL" in gpu["if"]
     assert "--device cuda" in "".join(s.get("run", "") for s in gpu["steps"])

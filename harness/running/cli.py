@@ -295,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "incomplete new run")
     _diff.add_arguments(dif)
     dif.set_defaults(func=lambda a: _diff.main_args(a))
+    from harness.running import bisect as _bisect
+
+    bis = sub.add_parser("bisect", help="find the release of peft or transformers at which a cell's outcome changes")
+    _bisect.add_arguments(bis)
+    bis.set_defaults(func=_bisect.cmd_bisect)
     return parser
 
 

@@ -1,8 +1,9 @@
 """Expected failures: one central table (known_issues.toml) of upstream bugs that versions are known to have,
 and the one classifier that applies it.
 
-A cell that fails at the listed stage, with a matching exception, on matching versions is an
-"expected-failure". A listed issue whose cell passes is "fixed": reported loudly, never hidden. The versions
+A cell that fails at the listed stage, with a matching exception (the entry's `exception` regex, or its named
+`signature` class from signatures.py, which holds whatever wording the machine's torch uses), on matching
+versions is an "expected-failure". A listed issue whose cell passes is "fixed": reported loudly, never hidden. The versions
 are those the record says it ran with (`record["environment"]`), never the caller's: the running layer
 classifies a fresh record with it, and `merge --reclassify` re-applies a changed table to finished reports
 with the very same function.
@@ -22,15 +23,42 @@ except ModuleNotFoundError:  # python < 3.11
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from harness.specs import statuses
+from harness.specs import signatures, statuses
 from harness.specs.case import DEVICES, DTYPES
 
 STAGES = statuses.STAGES
-_FIELDS = {"cases", "versions", "devices", "dtypes", "stage", "exception", "reference", "note", "intermittent",
-           "writer", "reader"}
+_FIELDS = {"cases", "versions", "devices", "dtypes", "stage", "exception", "signature", "reference", "note",
+           "intermittent", "bisected", "writer", "reader"}
 # a cross-version read and its writer are "the same release" when these agree: such a read (the diagonal of
 # the writer x reader table) is classified with the own-round-trip entries too
 SAME_RELEASE_PACKAGES = ("peft", "transformers")
+# a bisected edge: `python -m harness bisect` found the adjacent releases between which the cell changes.
+# "failing" = shows this entry's failure; "passing" = does not (it may pass, or show another listed failure).
+_EDGE_FIELDS = {"package", "first_failing", "last_passing", "last_failing", "first_passing", "date", "command",
+                "cell", "held", "probes", "seconds", "untestable", "note"}
+_EDGE_PAIRS = (("last_passing", "first_failing"), ("last_failing", "first_passing"))  # (older, newer)
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+@dataclass(frozen=True)
+class BisectedEdge:
+    """One range edge of an entry, found by bisection: `older` and `newer` are adjacent installable releases of
+    `package`; `kind` is "starts" (older passes, newer fails: the bug came in) or "ends" (the fix came in)."""
+    package: str
+    kind: str
+    older: str
+    newer: str
+    date: str
+    command: str
+    extra: tuple = ()
+
+    @property
+    def failing(self) -> str:
+        return self.newer if self.kind == "starts" else self.older
+
+    @property
+    def passing(self) -> str:
+        return self.older if self.kind == "starts" else self.newer
 
 
 class KnownIssuesError(ValueError):
@@ -45,9 +73,11 @@ class KnownIssue:
     reference: str
     note: str = ""
     exception: str | None = None
+    signature: str | None = None  # a class of harness.specs.signatures: any wording of the same failure
     devices: tuple = DEVICES
     dtypes: tuple = DTYPES
     intermittent: bool = False  # the bug shows on some runs only (e.g. uninitialized memory): a pass is no "fix"
+    bisected: tuple = ()  # BisectedEdge per range edge that `bisect` pinned to adjacent releases
     writer: dict | None = None  # cross-version entry: specifiers for the release that saved ...
     reader: dict | None = None  # ... and for the release that loads
 
@@ -73,12 +103,16 @@ class KnownIssue:
         return versions_satisfy(self.versions, versions)
 
     def explains(self, record: dict) -> bool:
+        """The record failed at this entry's stage, and its "ExceptionType: message" matches the entry's
+        `exception` regex or its `signature` class (either is enough; an entry with neither matches any)."""
         if record.get("stage") != self.stage:
             return False
-        if self.exception is None:
+        if self.exception is None and self.signature is None:
             return True
-        text = f"{record.get('exception_type') or ''}: {record.get('message') or ''}"
-        return re.search(self.exception, text, re.S) is not None
+        text = signatures.failure_text(record)
+        if self.signature is not None and signatures.matches(self.signature, text):
+            return True
+        return self.exception is not None and re.search(self.exception, text, re.S) is not None
 
     def as_record(self) -> dict:
         out = {"reference": self.reference, "versions": self.versions, "stage": self.stage, "note": self.note,
@@ -109,14 +143,74 @@ def parse_known_issues(data: dict, source: str = "known_issues.toml") -> list[Kn
                     SpecifierSet(spec)
                 except InvalidSpecifier:
                     raise KnownIssuesError(f"{where}: {table}.{package}: not a version specifier: {spec!r}") from None
+        if "exception" in entry:
+            try:
+                re.compile(entry["exception"])
+            except (re.error, TypeError) as exc:
+                raise KnownIssuesError(f"{where}: exception: not a regular expression: {exc}") from None
+        if "signature" in entry and entry["signature"] not in signatures.SIGNATURES:
+            raise KnownIssuesError(f"{where}: signature {entry['signature']!r} is not one of "
+                                   f"{', '.join(signatures.NAMES)} (harness/specs/signatures.py)")
+        edges = tuple(_parse_edge(edge, dict(entry.get("versions", {})), f"{where}: bisected[{j}]")
+                      for j, edge in enumerate(entry.get("bisected", [])))
         issues.append(KnownIssue(
             cases=tuple(entry["cases"]), versions=dict(entry.get("versions", {})), stage=entry["stage"],
             reference=entry["reference"], note=entry.get("note", ""), exception=entry.get("exception"),
+            signature=entry.get("signature"),
             devices=tuple(entry.get("devices", DEVICES)), dtypes=tuple(entry.get("dtypes", DTYPES)),
-            intermittent=bool(entry.get("intermittent", False)),
+            intermittent=bool(entry.get("intermittent", False)), bisected=edges,
             writer=dict(entry["writer"]) if "writer" in entry else None,
             reader=dict(entry["reader"]) if "reader" in entry else None))
     return issues
+
+
+def _parse_edge(edge, versions: dict, where: str) -> BisectedEdge:
+    """A `bisected` item, checked against the entry: the failing release is inside the entry's specifier for
+    that package, the passing one outside, and they are in the right order."""
+    if not isinstance(edge, dict):
+        raise KnownIssuesError(f"{where}: must be a table {{package = ..., first_failing = ..., ...}}")
+    unknown = set(edge) - _EDGE_FIELDS
+    if unknown:
+        raise KnownIssuesError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+    for required in ("package", "date", "command"):
+        if required not in edge:
+            raise KnownIssuesError(f"{where}: field {required!r} is required")
+    package = edge["package"]
+    if package not in versions:
+        raise KnownIssuesError(f"{where}: package {package!r} has no specifier in this entry's versions: "
+                               "a bisected edge pins the edge of a version range")
+    pairs = [pair for pair in _EDGE_PAIRS if any(name in edge for name in pair)]
+    if len(pairs) != 1 or not all(name in edge for name in pairs[0]):
+        raise KnownIssuesError(f"{where}: give either last_passing + first_failing (the bug came in) or "
+                               "last_failing + first_passing (the fix came in)")
+    older_name, newer_name = pairs[0]
+    parsed = {}
+    for name in (older_name, newer_name):
+        try:
+            parsed[name] = Version(str(edge[name]))
+        except InvalidVersion:
+            raise KnownIssuesError(f"{where}: {name}: not a version: {edge[name]!r}") from None
+    if not parsed[older_name] < parsed[newer_name]:
+        raise KnownIssuesError(f"{where}: {older_name} {edge[older_name]} must be older than {newer_name} "
+                               f"{edge[newer_name]}")
+    if not _DATE.match(str(edge["date"])):
+        raise KnownIssuesError(f"{where}: date {edge['date']!r} is not YYYY-MM-DD")
+    if not str(edge["command"]).startswith("python -m harness bisect "):
+        raise KnownIssuesError(f"{where}: command must be the `python -m harness bisect ...` that found the edge")
+    kind = "starts" if older_name == "last_passing" else "ends"
+    failing = newer_name if kind == "starts" else older_name
+    passing = older_name if kind == "starts" else newer_name
+    spec = SpecifierSet(versions[package])
+    if not spec.contains(parsed[failing], prereleases=True):
+        raise KnownIssuesError(f"{where}: {failing} {edge[failing]} is outside versions.{package} "
+                               f"{versions[package]!r}: the specifier does not match the bisected edge")
+    if spec.contains(parsed[passing], prereleases=True):
+        raise KnownIssuesError(f"{where}: {passing} {edge[passing]} is inside versions.{package} "
+                               f"{versions[package]!r}: the specifier does not match the bisected edge")
+    extra = tuple(sorted((k, v if not isinstance(v, list) else tuple(v)) for k, v in edge.items()
+                         if k not in ("package", older_name, newer_name, "date", "command")))
+    return BisectedEdge(package=package, kind=kind, older=str(edge[older_name]), newer=str(edge[newer_name]),
+                        date=str(edge["date"]), command=str(edge["command"]), extra=extra)
 
 
 def load_known_issues(path=None) -> list[KnownIssue]:

@@ -15,6 +15,7 @@ from functools import lru_cache
 from importlib import resources
 from urllib.parse import urlsplit
 
+from harness.reporting.report import write_text_atomic
 from harness.specs import statuses
 
 SYMBOLS = {s.name: s.symbol for s in statuses.BY_NAME.values()}
@@ -22,23 +23,6 @@ SHORT = {s.name: s.short for s in statuses.BY_NAME.values()}
 STATUS_RANK = statuses.RANK
 RED = statuses.RED
 DETAIL = statuses.RED + statuses.FAILED  # entries that open to show their stage, exception and message
-
-
-def _write_text(path: str, text: str) -> None:
-    import os
-    import tempfile
-
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _visible_rows(matrix: dict) -> tuple[list[dict], int]:
@@ -134,7 +118,7 @@ def markdown(matrix: dict, *, details: bool = True) -> str:
 
 
 def write_markdown(matrix: dict, path: str) -> None:
-    _write_text(path, markdown(matrix))
+    write_text_atomic(path, markdown(matrix))
 
 
 # --- HTML ------------------------------------------------------------------------------------------------------
@@ -214,4 +198,4 @@ def html_page(matrix: dict) -> str:
 
 
 def write_html(matrix: dict, path: str) -> None:
-    _write_text(path, html_page(matrix))
+    write_text_atomic(path, html_page(matrix))

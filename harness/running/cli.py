@@ -133,23 +133,22 @@ def _verdict(records, interrupted, exit_code, signals) -> int:
 
 
 def cmd_run(args) -> int:
+    from harness.roundtrip.cell import cell_id
     from harness.running.checkpoints import ReportLock, StopSignals
 
     _check_run_options(args)
-    # one writer per report: a second run on the same --out is refused (ReportLocked: exit 2) before it reads
-    # or writes anything, and the lock is held until this run's last write (the --table merge included)
-    with StopSignals() as signals, ReportLock(args.out):
-        return _run_locked(args, signals)
-
-
-def _run_locked(args, signals) -> int:
-    from harness.roundtrip.cell import cell_id
-
     cases = load_cases(*args.cases)
     known = load_known_issues(args.known_issues)
     jobs = [Job(cell_id(c.id, d, t), c, d, t)
             for c, d, t in selected_cells(cases, args.cases, args.device, args.match, full=not args.fast)]
-    _check_outputs(args)
+    _check_outputs(args)  # after the selection (an empty one touches nothing), before the lock creates anything
+    # one writer per report: a second run on the same --out is refused (ReportLocked: exit 2) before it reads
+    # or writes anything, and the lock is held until this run's last write (the --table merge included)
+    with StopSignals() as signals, ReportLock(args.out):
+        return _run_locked(args, signals, jobs, known)
+
+
+def _run_locked(args, signals, jobs, known) -> int:
     if args.artifacts and not args.resume:  # this env's artifacts of an earlier run must not mix with the new ones
         import shutil
 

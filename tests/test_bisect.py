@@ -202,7 +202,8 @@ def test_real_bisection_of_the_load_adapter_fix(tmp_path):
     out = tmp_path / "answer.json"
     cell = "bert_classifier-lora-resized_vocab-load_adapter[cpu-fp32]"
     proc = subprocess.run([sys.executable, "-m", "harness", "bisect", cell, "--package", "peft", "--good", "0.13.0",
-                           "--bad", "0.14.0", "--hold", "transformers==4.45.2", "--reruns", "2", "--out", str(out)],
+                           "--bad", "0.14.0", "--hold", "transformers==4.45.2", "--reruns", "2", "--out", str(out),
+                           "--cache-dir", str(tmp_path / "cache")],  # real probes: nothing from an earlier run
                           capture_output=True, text=True, cwd=ROOT,
                           env=dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1"), timeout=3000)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -210,6 +211,7 @@ def test_real_bisection_of_the_load_adapter_fix(tmp_path):
     assert (answer["last_failing"], answer["first_passing"]) == ("0.13.2", "0.14.0"), proc.stdout
     assert answer["before_outcome"] == "fail at load (non-adapter-keys-missing)" and answer["after_outcome"] == "pass"
     assert "last failing: 0.13.2" in proc.stdout
+    assert answer["probes"] >= 4 and answer["probes_from_cache"] == 0 and not answer["untestable"]
 
 
 def test_a_group_of_cells_shares_each_probe_process_and_the_cache_answers_reruns(tmp_path, monkeypatch):

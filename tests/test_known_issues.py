@@ -125,8 +125,6 @@ def _bound_edges(issue):
                 yield package, clause.operator, Version(clause.version)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10, open: the bisect runs that pin every range edge of the shipped "
-                   "table have not all finished; this turns red (XPASS) once they have, and the mark must go")
 def test_every_range_edge_of_the_shipped_table_was_bisected():
     """Issue 10: a range edge is the exact release `python -m harness bisect` found, recorded in the entry
     (bisected = [...]), never a guess between two releases the matrix happens to pin."""

@@ -15,6 +15,9 @@ DTYPE_MISMATCH = [
     ("builtins.RuntimeError", "expected mat1 and mat2 to have the same dtype, but got: float != c10::BFloat16"),
     ("builtins.RuntimeError", "expected mat1 and mat2 to have the same dtype"),
     ("builtins.RuntimeError", "expected m1 and m2 to have the same dtype, but got: c10::BFloat16 != float"),  # AdaLoRA 0.7
+    ("builtins.RuntimeError", "expected m1 and m2 to have the same dtype, but got: float != c10::BFloat16"),  # matrix
+    ("builtins.RuntimeError", "Input type (torch.FloatTensor) and weight type (CPUBFloat16Type) should be the same or "
+                              "input should be a MKLDNN tensor and weight is a dense tensor"),  # DoRA conv, this CPU
     ("builtins.RuntimeError", "mat1 and mat2 must have the same dtype"),
     ("builtins.RuntimeError", "mat1 and mat2 must have the same dtype, but got BFloat16 and Float"),
     ("builtins.RuntimeError", "self and mat2 must have the same dtype, but got BFloat16 and Float"),

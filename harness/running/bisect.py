@@ -17,7 +17,11 @@ a stable signature of the exception (harness.specs.signatures). The search:
    the other package at `after`'s release (or `after` at `before`'s): same outcome as `before` = the package's
    own change; same as `after` = the other package's change (bisect that one).
 
-Probes are cached per (cell, versions, case and round-trip code digest) in ~/.cache/peft-compat/probes.json.
+Several cells (`bisect CELL CELL ... --package peft --good A --bad B`) are bisected over the same releases one
+after the other, and every probe process runs the whole group: the later cells mostly read their runs from the
+cache. Probes are cached per (cell, versions, case and round-trip code digest) in
+~/.cache/peft-compat/probes.json (--cache-dir, or $PEFT_COMPAT_CACHE), next to the environments (envs/) and the
+index answers (index/, kept 6 hours).
 """
 from __future__ import annotations
 
@@ -219,8 +223,8 @@ def run_bisect(args, *, log=None) -> list[dict]:
     cases = {cell: _find_case(root, cell) for cell in cells}
     other, held = parse_hold(args.hold, args.package)
     python_version = ".".join(map(str, sys.version_info[:3]))
-    mine = rel.list_releases(args.package, python=python_version, log=log)
-    theirs = rel.list_releases(other, python=python_version, log=log)
+    mine = rel.list_releases(args.package, python=python_version, cache=args.cache_dir, log=log)
+    theirs = rel.list_releases(other, python=python_version, cache=args.cache_dir, log=log)
     floor = matrix_floor(root)
     good = rel.find(mine, args.good) if args.good else rel.find(mine, floor[args.package])
     bad = rel.find(mine, args.bad) if args.bad else mine[-1]

@@ -41,8 +41,8 @@ def cache_dir() -> str:
     return os.environ.get("PEFT_COMPAT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "peft-compat")
 
 
-def _fetch_json(package: str, *, ttl_s: float = INDEX_TTL_S, log=None) -> dict:
-    path = os.path.join(cache_dir(), "index", f"{package}.json")
+def _fetch_json(package: str, *, ttl_s: float = INDEX_TTL_S, cache: str | None = None, log=None) -> dict:
+    path = os.path.join(cache or cache_dir(), "index", f"{package}.json")
     fresh = os.path.exists(path) and time.time() - os.path.getmtime(path) < ttl_s
     if not fresh:
         url = INDEX_JSON.format(package=package)
@@ -100,8 +100,8 @@ def _parse_time(file: dict) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def list_releases(package: str, *, python: str | None = None, log=None) -> list[Release]:
-    return releases_from_json(_fetch_json(package, log=log), python)
+def list_releases(package: str, *, python: str | None = None, cache: str | None = None, log=None) -> list[Release]:
+    return releases_from_json(_fetch_json(package, cache=cache, log=log), python)
 
 
 def contemporary(candidate: Release, others: list[Release]) -> Release | None:

@@ -265,3 +265,47 @@ def test_a_group_of_cells_shares_each_probe_process_and_the_cache_answers_reruns
     assert again["a[cpu-fp32]"]["after"] == "0.12.0"
     cache = json.loads((tmp_path / "probes.json").read_text())["probes"]
     assert any(k.startswith("a[cpu-fp32]|transformers-4.41.2_peft-0.12.0|") and len(v) == 3 for k, v in cache.items())
+
+
+def test_cross_version_probes_write_then_read_with_the_real_libraries(tmp_path):
+    """bisect --read-by / --read-from: a probe is a real write in one interpreter and a real read in another
+    (here both are this one), and its outcome is the read's record; a writer folder without cells/ is one clear
+    error, and the probe cache keys the two sides apart."""
+    import sys
+
+    from harness.running import probe_envs
+
+    class Builder:
+        root, cache, log = ROOT, str(tmp_path), staticmethod(lambda m: None)
+
+        def ensure(self, pins):
+            return sys.executable
+
+    cell = "bert_classifier-lora[cpu-fp32]"
+    cells = {cell: str(ROOT / "cases" / "methods-lora.toml")}
+    pins = {"peft": "0.21.2", "transformers": "5.23.0"}
+    writer_side = probe_envs.CrossProbe(reader_pins=pins)
+    prober = probe_envs.Prober(cells, Builder(), use_cache=False, cross=writer_side)
+    run = prober._run(sys.executable, pins)[cell]
+    assert run["outcome"]["status"] == "pass", run
+
+    # the reader side reads an artifact the harness wrote, and sees it change when it is tampered with
+    artifacts = tmp_path / "artifacts"
+    import subprocess
+    subprocess.run([sys.executable, "-m", "harness", "run", "-q", "-k", cell, "--artifacts", str(artifacts),
+                    "--out", str(tmp_path / "w.json")], cwd=ROOT, check=False, capture_output=True,
+                   env={**probe_envs._probe_env(ROOT), "TOX_ENV_NAME": "w1"})
+    reader_side = probe_envs.CrossProbe.reading(str(artifacts / "w1"))
+    assert reader_side.writer == "w1" and reader_side.key(cell).startswith("read-from:w1:")
+    assert writer_side.key(cell) != reader_side.key(cell)
+    prober = probe_envs.Prober(cells, Builder(), use_cache=False, cross=reader_side)
+    assert prober._run(sys.executable, pins)[cell]["outcome"]["status"] == "pass"
+    with pytest.raises(ValueError, match="not a writer's artifacts folder"):
+        probe_envs.CrossProbe.reading(str(artifacts))
+
+
+def test_read_by_names_both_releases():
+    assert bs.parse_read_by("peft==0.7.1, transformers==4.36.2") == {"peft": "0.7.1", "transformers": "4.36.2"}
+    for bad in ("peft==0.7.1", "peft>=0.7,transformers==4.36.2", "torch==2.13.0,peft==0.7.1"):
+        with pytest.raises(ValueError, match="--read-by"):
+            bs.parse_read_by(bad)

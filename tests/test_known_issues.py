@@ -115,14 +115,18 @@ def test_an_intermittent_issue_that_does_not_show_is_a_pass_not_a_fix():
 
 
 def _bound_edges(issue):
-    """(package, operator, version) of every range bound in an entry's specifiers."""
+    """(side, package, operator, version) of every range bound in an entry's specifiers; side is None for an own
+    round trip's `versions`, "writer" / "reader" for a cross-version entry's."""
     from packaging.specifiers import SpecifierSet
     from packaging.version import Version
 
-    for package, spec in issue.versions.items():
-        for clause in SpecifierSet(spec):
-            if clause.operator in (">=", ">", "<", "<="):
-                yield package, clause.operator, Version(clause.version)
+    tables = [(None, issue.versions)] if not issue.cross else [("writer", issue.writer or {}),
+                                                               ("reader", issue.reader or {})]
+    for side, versions in tables:
+        for package, spec in versions.items():
+            for clause in SpecifierSet(spec):
+                if clause.operator in (">=", ">", "<", "<="):
+                    yield side, package, clause.operator, Version(clause.version)
 
 
 def test_every_range_edge_of_the_shipped_table_was_bisected():
@@ -132,7 +136,7 @@ def test_every_range_edge_of_the_shipped_table_was_bisected():
 
     missing = []
     for issue in load_known_issues():
-        for package, op, bound in _bound_edges(issue):
+        for side, package, op, bound in _bound_edges(issue):
             def straddles(edge):
                 failing, passing = Version(edge.failing), Version(edge.passing)
                 if op in (">=", ">"):
@@ -140,8 +144,8 @@ def test_every_range_edge_of_the_shipped_table_was_bisected():
                         edge.kind == "starts" and passing <= bound < failing
                 return edge.kind == "ends" and failing < bound <= passing if op == "<" else \
                     edge.kind == "ends" and failing <= bound < passing
-            if not any(edge.package == package and straddles(edge) for edge in issue.bisected):
-                missing.append(f"{issue.cases[0]} ({issue.reference}): {package}{op}{bound}")
+            if not any(edge.package == package and edge.side == side and straddles(edge) for edge in issue.bisected):
+                missing.append(f"{issue.cases[0]} ({issue.reference}): {side or 'versions'} {package}{op}{bound}")
     assert not missing, "range edges without a bisected record:\n" + "\n".join(missing)
 
 
@@ -177,6 +181,35 @@ def test_bisected_edges_are_checked_against_the_specifier(edge, words):
     else:
         with pytest.raises(KnownIssuesError, match=words):
             parse_known_issues({"issue": [entry]})
+
+
+_CROSS_EDGE = {"package": "peft", "last_failing": "0.12.0", "first_passing": "0.13.0", "date": "2026-11-23",
+               "command": "python -m harness bisect c --package peft --read-from artifacts/w"}
+
+
+@pytest.mark.parametrize("side, words", [
+    ("reader", None),             # the reader's range ends where a reader first reads it
+    ("writer", "outside writer.peft"),  # the writer's specifier is ==0.21.2: 0.12.0 is not in it
+    (None, "needs side"),
+])
+def test_a_cross_version_edge_names_the_side_it_pins(side, words):
+    edge = dict(_CROSS_EDGE, **({"side": side} if side else {}))
+    entry = {"cases": ["c"], "stage": "load", "reference": "r", "writer": {"peft": "==0.21.2"},
+             "reader": {"peft": "<0.13"}, "bisected": [edge]}
+    if words is None:
+        (issue,) = parse_known_issues({"issue": [entry]})
+        assert issue.bisected[0].side == "reader" and issue.bisected[0].passing == "0.13.0"
+    else:
+        with pytest.raises(KnownIssuesError, match=words):
+            parse_known_issues({"issue": [entry]})
+
+
+def test_side_belongs_to_cross_version_entries_only():
+    entry = {"cases": ["c"], "stage": "save", "reference": "r", "versions": {"peft": ">=0.12"},
+             "bisected": [{"package": "peft", "first_failing": "0.12.0", "last_passing": "0.11.1",
+                           "date": "2026-11-23", "command": "python -m harness bisect c", "side": "reader"}]}
+    with pytest.raises(KnownIssuesError, match="cross-version entries"):
+        parse_known_issues({"issue": [entry]})
 
 
 def test_a_fix_edge_and_an_unknown_signature():

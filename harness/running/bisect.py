@@ -39,7 +39,7 @@ from pathlib import Path
 
 from packaging.version import Version
 
-from harness.running.probe_envs import COMPARE_LEVELS, Untestable, describe, outcome_key
+from harness.running.probe_envs import COMPARE_LEVELS, Untestable, describe, outcome_key, pins_text
 
 PACKAGES = ("peft", "transformers")
 DEFAULT_FLOOR = {"peft": "0.7.1", "transformers": "4.36.2"}  # the oldest pins of tox.ini (read from it if present)
@@ -195,7 +195,26 @@ def command_line(args, cell: str) -> str:
             parts += [flag, shlex.quote(value)]
     if args.compare != "signature":
         parts += ["--compare", args.compare]
+    if getattr(args, "read_from", None):
+        parts += ["--read-from", shlex.quote(os.path.relpath(args.read_from) if os.path.isabs(args.read_from)
+                                             and not os.path.relpath(args.read_from).startswith("..")
+                                             else args.read_from)]
+    if getattr(args, "read_by", None):
+        parts += ["--read-by", shlex.quote(args.read_by)]
     return " ".join(parts)
+
+
+def parse_read_by(text: str) -> dict:
+    """--read-by 'peft==0.7.1,transformers==4.36.2' -> {'peft': '0.7.1', 'transformers': '4.36.2'}."""
+    pins = {}
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*([\w-]+)\s*==\s*([\w.+-]+)\s*", part)
+        if not match or match.group(1) not in PACKAGES or match.group(1) in pins:
+            raise ValueError(f"--read-by {text!r}: write peft==VERSION,transformers==VERSION (the reader's releases)")
+        pins[match.group(1)] = match.group(2)
+    if set(pins) != set(PACKAGES):
+        raise ValueError(f"--read-by {text!r}: name both releases of the reader, peft==VERSION,transformers==VERSION")
+    return pins
 
 
 def _find_case(root: Path, cell: str):
@@ -249,9 +268,13 @@ def run_bisect(args, *, log=None) -> list[dict]:
 
     builder = EnvBuilder(root, cache=args.cache_dir, uv=args.uv, python=args.python,
                          retry_untestable=args.retry_untestable, log=log)
+    cross = _cross_probe(args)
     prober = Prober({cell: cases[cell].path for cell in cells}, builder, timeout_s=args.timeout,
-                    use_cache=not args.no_cache, log=log)
+                    use_cache=not args.no_cache, log=log, cross=cross)
     hold_text = f"{other}=={held}" if held else f"{other} contemporary (newest release before each candidate)"
+    if cross is not None:
+        hold_text += (f"; each candidate reads the artifacts of {cross.writer}" if cross.reader_pins is None else
+                      f"; each candidate writes, {pins_text(cross.reader_pins)} reads")
     answers = []
     for cell in cells:
         started = time.monotonic()
@@ -260,6 +283,7 @@ def run_bisect(args, *, log=None) -> list[dict]:
                                                                              args.compare),
                        reruns=args.reruns, log=log)
         answer = {"cell": cell, "package": args.package, "good": good.text, "bad": bad.text,
+                  "side": None if cross is None else ("reader" if cross.reader_pins is None else "writer"),
                   "hold": {other: held or "contemporary"}, "compare": args.compare, "reruns": args.reruns,
                   "candidates": [r.text for r in window], "state": found["state"],
                   "untestable": found["untestable"], "untested_between": found["untested_between"],
@@ -284,6 +308,21 @@ def run_bisect(args, *, log=None) -> list[dict]:
                        "history": [h for h in prober.history if h["cell"] == cell]})
         answers.append(answer)
     return answers
+
+
+def _cross_probe(args):
+    """--read-from / --read-by: the candidates are readers of one writer's artifacts, or writers read by one
+    reader; None for the candidate's own round trip."""
+    from harness.running.probe_envs import CrossProbe
+
+    read_from, read_by = getattr(args, "read_from", None), getattr(args, "read_by", None)
+    if read_from and read_by:
+        raise ValueError("give --read-from (the candidates read) or --read-by (the candidates write), not both")
+    if read_from:
+        return CrossProbe.reading(read_from)
+    if read_by:
+        return CrossProbe(reader_pins=parse_read_by(read_by))
+    return None
 
 
 def _safe_pins(pins_for, version):
@@ -341,6 +380,8 @@ def toml_snippet(answer: dict) -> str | None:
         return None
     before_pass = answer["before_outcome"] == "pass"
     fields = {"package": answer["package"]}
+    if answer.get("side"):
+        fields["side"] = answer["side"]
     if before_pass or answer["after_outcome"] != "pass":
         fields.update(first_failing=answer["after"], last_passing=answer["before"])
     else:
@@ -369,6 +410,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", choices=COMPARE_LEVELS, default="signature",
                         help="what must stay the same: status; + stage; + stable exception signature (default); "
                              "+ normalized message")
+    parser.add_argument("--read-from", metavar="ARTIFACTS/WRITER",
+                        help="across versions, the reader side: each candidate reads this writer's artifacts (a "
+                             "write env's folder, e.g. artifacts/peft021-tf523) instead of its own round trip")
+    parser.add_argument("--read-by", metavar="peft==V,transformers==V",
+                        help="across versions, the writer side: each candidate runs the cell and keeps its "
+                             "artifact; this reader release reads it")
     parser.add_argument("--out", metavar="PATH", help="write the answer as JSON")
     parser.add_argument("--timeout", type=float, default=300, metavar="SECONDS", help="time limit per probe cell")
     parser.add_argument("--cache-dir", metavar="DIR",

@@ -214,9 +214,10 @@ class Prober:
     each environment's interpreter start and imports (most of a probe's cost)."""
 
     def __init__(self, cells: dict, builder: EnvBuilder, *, timeout_s: float = 300, use_cache: bool = True,
-                 log=None):
+                 log=None, cross: "CrossProbe | None" = None):
         self.cells = dict(cells)  # cell id -> case file
         self.builder = builder
+        self.cross = cross  # None: the candidate's own round trip; else a read across releases (CrossProbe)
         self.timeout_s = timeout_s
         self.use_cache = use_cache
         self.log = log or builder.log
@@ -230,7 +231,8 @@ class Prober:
         self.history: list[dict] = []
 
     def key(self, pins: dict, cell: str) -> str:
-        return f"{cell}|{env_name(pins)}|torch-2.13.0|{self.digests[cell]}"
+        key = f"{cell}|{env_name(pins)}|torch-2.13.0|{self.digests[cell]}"
+        return key if self.cross is None else f"{key}|{self.cross.key(cell)}"
 
     def _cached_runs(self, key: str) -> list[dict]:
         if not self.use_cache:
@@ -282,35 +284,57 @@ class Prober:
                  + (f" {cell}" if len(self.cells) > 1 else ""))
         return run["outcome"]
 
+    def _harness(self, python: str, tmp: str, verb: list, out: str, env: dict | None = None) -> dict:
+        """`python -m harness VERB ... -k CELL...` with no known issue applied: its report."""
+        empty = os.path.join(tmp, "no-known-issues.toml")
+        Path(empty).write_text("# bisect compares raw outcomes: no known issue applies\n")
+        cmd = [python, "-m", "harness", *verb, "-q", "--isolation", "worker",
+               "--cases", str(self.builder.root / "cases"), "--out", out,
+               "--known-issues", empty, "--timeout", f"{self.timeout_s:g}"]
+        for cell in self.cells:
+            cmd += ["-k", cell]
+        limit = self.timeout_s * len(self.cells) + 600
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, timeout=limit,
+                                  env={**_probe_env(self.builder.root), **(env or {})})
+        except subprocess.TimeoutExpired:
+            raise Untestable(f"the probe process did not finish within {limit:.0f} s") from None
+        try:
+            with open(out, encoding="utf-8") as fh:
+                return json.load(fh)
+        except (OSError, ValueError):
+            raise Untestable(f"the harness did not {verb[0]} in this environment (exit {proc.returncode}): "
+                             f"{_tail(proc.stderr, 4)}") from None
+
     def _run(self, python: str, pins: dict) -> dict:
         """Every cell of the group, once, in one harness process: {cell: run}."""
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="peft-compat-probe-") as tmp:
-            empty = os.path.join(tmp, "no-known-issues.toml")
-            Path(empty).write_text("# bisect compares raw outcomes: no known issue applies\n")
             out = os.path.join(tmp, "probe.json")
-            cmd = [python, "-m", "harness", "run", "-q", "--isolation", "worker",
-                   "--cases", str(self.builder.root / "cases"), "--out", out,
-                   "--known-issues", empty, "--timeout", f"{self.timeout_s:g}"]
-            for cell in self.cells:
-                cmd += ["-k", cell]
-            limit = self.timeout_s * len(self.cells) + 600
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, env=_probe_env(self.builder.root),
-                                      timeout=limit)
-            except subprocess.TimeoutExpired:
-                raise Untestable(f"the probe process did not finish within {limit:.0f} s") from None
-            try:
-                with open(out, encoding="utf-8") as fh:
-                    report = json.load(fh)
-            except (OSError, ValueError):
-                raise Untestable(f"the harness did not run in this environment (exit {proc.returncode}): "
-                                 f"{_tail(proc.stderr, 4)}") from None
+            if self.cross is None:
+                report = self._harness(python, tmp, ["run"], out)
+            elif self.cross.reader_pins is None:  # the candidate reads the fixed writer's artifacts
+                report = self._harness(python, tmp, ["read", self.cross.artifacts, "--writer", self.cross.writer],
+                                       out)
+            else:  # the candidate writes; the fixed reader release reads what it wrote
+                artifacts = os.path.join(tmp, "artifacts")
+                self._harness(python, tmp, ["run", "--artifacts", artifacts], os.path.join(tmp, "write.json"),
+                              env={"TOX_ENV_NAME": CrossProbe.PROBE_WRITER})
+                reader = self.builder.ensure(self.cross.reader_pins)
+                written = set(os.listdir(os.path.join(artifacts, CrossProbe.PROBE_WRITER, "cells"))) \
+                    if os.path.isdir(os.path.join(artifacts, CrossProbe.PROBE_WRITER, "cells")) else set()
+                if not written:
+                    raise Untestable("the candidate saved no artifact for these cells (its own round trip stopped "
+                                     "before its save stage): nothing for the reader to read")
+                report = self._harness(reader, tmp, ["read", artifacts, "--writer", CrossProbe.PROBE_WRITER], out)
         seconds = round(time.monotonic() - started, 1)
         by_id = {r.get("cell_id"): r for r in report.get("cells", [])}
         runs = {}
         for cell in self.cells:
             if cell not in by_id:
+                if self.cross is not None:
+                    raise Untestable(f"no read of {cell} came out of this probe (the writer kept no artifact of "
+                                     "it, or its case does not apply to this reader)")
                 raise LookupError(f"the probe's report has no cell {cell!r} (cases changed?)")
             record = by_id[cell]
             runs[cell] = {"outcome": outcome_of(record), "seconds": seconds,
@@ -319,6 +343,41 @@ class Prober:
                                            "device_name")},
                           "date": date.today().isoformat()}
         return runs
+
+
+class CrossProbe:
+    """A probe across releases: either every candidate reads one writer's artifacts (`artifacts`/`writer`, the
+    reader side of an edge) or every candidate writes and one fixed release reads (`reader_pins`, the writer
+    side). The probe's outcome is the read's raw record."""
+    PROBE_WRITER = "bisect-writer"
+
+    def __init__(self, *, artifacts: str | None = None, writer: str | None = None, reader_pins: dict | None = None):
+        self.artifacts, self.writer, self.reader_pins = artifacts, writer, reader_pins
+
+    @classmethod
+    def reading(cls, writer_dir: str) -> "CrossProbe":
+        """Candidates read the artifacts in `writer_dir` (an artifacts folder's <writer> sub-folder)."""
+        writer_dir = os.path.abspath(writer_dir.rstrip("/"))
+        if not os.path.isdir(os.path.join(writer_dir, "cells")):
+            raise ValueError(f"--read-from {writer_dir}: not a writer's artifacts folder (no cells/ in it; give "
+                             "ARTIFACTS/<writer>, e.g. artifacts/peft021-tf523)")
+        return cls(artifacts=os.path.dirname(writer_dir), writer=os.path.basename(writer_dir))
+
+    def key(self, cell: str) -> str:
+        if self.reader_pins is not None:
+            return f"read-by:{env_name(self.reader_pins)}"
+        manifest = os.path.join(self.artifacts, self.writer, "cells", cell_folder(cell), "manifest.json")
+        try:
+            digest = hashlib.sha256(Path(manifest).read_bytes()).hexdigest()[:12]
+        except OSError:
+            digest = "none"
+        return f"read-from:{self.writer}:{digest}"
+
+
+def cell_folder(cell_id: str) -> str:
+    from harness.artifacts.store import cell_folder_name  # the artifacts layer names the folders
+
+    return cell_folder_name(cell_id)
 
 
 def _digest(root: Path, case_path: str) -> str:

@@ -35,7 +35,7 @@ SAME_RELEASE_PACKAGES = ("peft", "transformers")
 # a bisected edge: `python -m harness bisect` found the adjacent releases between which the cell changes.
 # "failing" = shows this entry's failure; "passing" = does not (it may pass, or show another listed failure).
 _EDGE_FIELDS = {"package", "first_failing", "last_passing", "last_failing", "first_passing", "date", "command",
-                "cell", "held", "probes", "seconds", "untestable", "note"}
+                "cell", "held", "probes", "seconds", "untestable", "note", "side"}
 _EDGE_PAIRS = (("last_passing", "first_failing"), ("last_failing", "first_passing"))  # (older, newer)
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -51,6 +51,7 @@ class BisectedEdge:
     date: str
     command: str
     extra: tuple = ()
+    side: str | None = None  # cross-version entries: "writer" or "reader", the specifier this edge pins
 
     @property
     def failing(self) -> str:
@@ -151,7 +152,7 @@ def parse_known_issues(data: dict, source: str = "known_issues.toml") -> list[Kn
         if "signature" in entry and entry["signature"] not in signatures.SIGNATURES:
             raise KnownIssuesError(f"{where}: signature {entry['signature']!r} is not one of "
                                    f"{', '.join(signatures.NAMES)} (harness/specs/signatures.py)")
-        edges = tuple(_parse_edge(edge, dict(entry.get("versions", {})), f"{where}: bisected[{j}]")
+        edges = tuple(_parse_edge(edge, entry, f"{where}: bisected[{j}]")
                       for j, edge in enumerate(entry.get("bisected", [])))
         issues.append(KnownIssue(
             cases=tuple(entry["cases"]), versions=dict(entry.get("versions", {})), stage=entry["stage"],
@@ -164,9 +165,10 @@ def parse_known_issues(data: dict, source: str = "known_issues.toml") -> list[Kn
     return issues
 
 
-def _parse_edge(edge, versions: dict, where: str) -> BisectedEdge:
+def _parse_edge(edge, entry: dict, where: str) -> BisectedEdge:
     """A `bisected` item, checked against the entry: the failing release is inside the entry's specifier for
-    that package, the passing one outside, and they are in the right order."""
+    that package, the passing one outside, and they are in the right order. In a cross-version entry the edge
+    says which `side` it pins (`writer` or `reader`: `bisect --read-by` / `--read-from` found it)."""
     if not isinstance(edge, dict):
         raise KnownIssuesError(f"{where}: must be a table {{package = ..., first_failing = ..., ...}}")
     unknown = set(edge) - _EDGE_FIELDS
@@ -175,9 +177,18 @@ def _parse_edge(edge, versions: dict, where: str) -> BisectedEdge:
     for required in ("package", "date", "command"):
         if required not in edge:
             raise KnownIssuesError(f"{where}: field {required!r} is required")
+    cross = "writer" in entry or "reader" in entry
+    side = edge.get("side")
+    if cross and side not in ("writer", "reader"):
+        raise KnownIssuesError(f"{where}: a cross-version entry's edge needs side = \"writer\" or \"reader\" "
+                               "(which release's range it pins)")
+    if not cross and side is not None:
+        raise KnownIssuesError(f"{where}: side is for cross-version entries (writer / reader) only")
+    table = side if cross else "versions"
+    versions = dict(entry.get(table, {}))
     package = edge["package"]
     if package not in versions:
-        raise KnownIssuesError(f"{where}: package {package!r} has no specifier in this entry's versions: "
+        raise KnownIssuesError(f"{where}: package {package!r} has no specifier in this entry's {table}: "
                                "a bisected edge pins the edge of a version range")
     pairs = [pair for pair in _EDGE_PAIRS if any(name in edge for name in pair)]
     if len(pairs) != 1 or not all(name in edge for name in pairs[0]):
@@ -202,15 +213,15 @@ def _parse_edge(edge, versions: dict, where: str) -> BisectedEdge:
     passing = older_name if kind == "starts" else newer_name
     spec = SpecifierSet(versions[package])
     if not spec.contains(parsed[failing], prereleases=True):
-        raise KnownIssuesError(f"{where}: {failing} {edge[failing]} is outside versions.{package} "
+        raise KnownIssuesError(f"{where}: {failing} {edge[failing]} is outside {table}.{package} "
                                f"{versions[package]!r}: the specifier does not match the bisected edge")
     if spec.contains(parsed[passing], prereleases=True):
-        raise KnownIssuesError(f"{where}: {passing} {edge[passing]} is inside versions.{package} "
+        raise KnownIssuesError(f"{where}: {passing} {edge[passing]} is inside {table}.{package} "
                                f"{versions[package]!r}: the specifier does not match the bisected edge")
     extra = tuple(sorted((k, v if not isinstance(v, list) else tuple(v)) for k, v in edge.items()
-                         if k not in ("package", older_name, newer_name, "date", "command")))
+                         if k not in ("package", older_name, newer_name, "date", "command", "side")))
     return BisectedEdge(package=package, kind=kind, older=str(edge[older_name]), newer=str(edge[newer_name]),
-                        date=str(edge["date"]), command=str(edge["command"]), extra=extra)
+                        date=str(edge["date"]), command=str(edge["command"]), extra=extra, side=side)
 
 
 def load_known_issues(path=None) -> list[KnownIssue]:

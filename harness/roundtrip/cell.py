@@ -8,6 +8,7 @@ is applied by the running layer (harness.running.cells.run_cell). Nothing here i
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -22,9 +23,10 @@ from harness.roundtrip import compat
 from harness.roundtrip.adapters import apply_adapter, build_config, fill_trainable
 from harness.roundtrip.environment import environment
 from harness.roundtrip.errors import CheckFailed
-from harness.roundtrip.families import BASE_SEED, FAMILIES, BaseCheckpoints, make_inputs
+from harness.roundtrip.families import (BASE_SEED, FAMILIES, LOADED_BASES, BaseCheckpoints, checkpoint_fingerprint,
+                                       make_inputs)
 from harness.roundtrip.modes import LOAD_MODES, SAVE_MODES, check_artifact
-from harness.roundtrip.steps import run_steps
+from harness.roundtrip.steps import STEPS, run_steps
 
 SAVE_SEED = 0
 LOAD_SEED = 54321  # the loading side draws its adapter from another seed than the saving side
@@ -158,7 +160,24 @@ class LoadContext:
 
 def load_base(case, base_dir: str, device: str, dtype: str):
     """from_pretrained(base_dir) as the user does it, then the case's before_adapt steps; seeded, so that
-    heads created at load time (ignore_mismatched_sizes) and resized rows are the same on both sides."""
+    heads created at load time (ignore_mismatched_sizes) and resized rows are the same on both sides.
+    Served by this process's LOADED_BASES: a deep copy of a base loaded once and proven equal to a fresh load
+    (else a fresh load; see harness.roundtrip.families)."""
+    return LOADED_BASES.load(base_key(case, base_dir, device, dtype),
+                             lambda: fresh_load_base(case, base_dir, device, dtype))
+
+
+def base_key(case, base_dir: str, device: str, dtype: str) -> tuple:
+    """Everything a loaded base depends on: the checkpoint's content, the class, dtype, device, the case's
+    load kwargs and its before_adapt steps."""
+    steps = [s for s in case.steps if STEPS[s["name"]].at == "before_adapt"]
+    return (checkpoint_fingerprint(base_dir), FAMILIES[case.family].model_class, dtype, device,
+            json.dumps(case.load_kwargs, sort_keys=True, default=repr), json.dumps(steps, sort_keys=True, default=repr))
+
+
+def fresh_load_base(case, base_dir: str, device: str, dtype: str):
+    """load_base without the cache: what every call did before it, and what it still does for a base that two
+    loads do not reproduce."""
     import torch
 
     torch.manual_seed(BASE_SEED)

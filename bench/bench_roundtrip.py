@@ -194,11 +194,12 @@ def xdist(workers: int) -> None:
         print(f"  -n {n}: wall {walls[n]:6.1f} s, CPU {cpus[n]:6.1f} s, load before {load:.2f}  ({summary})")
     cores = os.cpu_count() or 1
     print(f"  RATIO xdist speed-up with {workers} workers: {walls[0] / walls[workers]:.2f}x  (target >= 1.6x)")
-    # the best -n N can do on this machine: its CPU seconds spread over min(N, cores) cores
-    bound = walls[0] / (cpus[workers] / min(workers, cores))
-    print(f"  bound from CPU seconds: -n {workers} needs {cpus[workers]:.1f} CPU s (-n 0: {cpus[0]:.1f}); even on "
-          f"{min(workers, cores)} idle cores its speed-up is at most {bound:.2f}x; "
-          f"CPU share this run got with -n {workers}: {cpus[workers] / walls[workers]:.2f} cores of {cores}")
+    # what N cores can give at best: -n 0's CPU seconds against -n N's CPU seconds spread over N idle cores
+    # (each xdist worker imports torch / transformers / peft, collects every case, builds and proves its bases)
+    bound = cpus[0] / (cpus[workers] / min(workers, cores))
+    print(f"  CPU seconds: -n 0 {cpus[0]:.1f} s, -n {workers} {cpus[workers]:.1f} s: on {min(workers, cores)} idle cores "
+          f"the speed-up is at most {bound:.2f}x; CPU this run got: -n 0 {cpus[0] / walls[0]:.2f}, "
+          f"-n {workers} {cpus[workers] / walls[workers]:.2f} cores of {cores}")
 
 
 def main() -> None:

@@ -193,6 +193,17 @@ def xdist(workers: int) -> None:
         summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-200:]
         print(f"  -n {n}: wall {walls[n]:6.1f} s, CPU {cpus[n]:6.1f} s, load before {load:.2f}  ({summary})")
     cores = os.cpu_count() or 1
+    # the fixed cost every pytest process pays before its first cell: interpreter, torch / transformers / peft,
+    # collecting and validating every case; -n N pays it in each of its N workers, at the same time
+    cpu0 = children_cpu()
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pytest", "cases", "-m", "not cuda", "-q", "-p", "no:cacheprovider",
+                    "--collect-only"], cwd=ROOT, capture_output=True, text=True)
+    fixed_wall, fixed = time.perf_counter() - start, children_cpu() - cpu0
+    cells = max(cpus[0] - fixed, 0.0)
+    print(f"  fixed cost of one pytest process (--collect-only): {fixed_wall:.1f} s wall, {fixed:.1f} CPU s; the cells: "
+          f"{cells:.1f} CPU s. Amdahl on {workers} idle cores: at most "
+          f"{(fixed + cells) / (fixed + cells / workers):.2f}x")
     print(f"  RATIO xdist speed-up with {workers} workers: {walls[0] / walls[workers]:.2f}x  (target >= 1.6x)")
     # what N cores can give at best: -n 0's CPU seconds against -n N's CPU seconds spread over N idle cores
     # (each xdist worker imports torch / transformers / peft, collects every case, builds and proves its bases)

@@ -201,14 +201,16 @@ def xdist(workers: int) -> None:
                     "--collect-only"], cwd=ROOT, capture_output=True, text=True)
     fixed_wall, fixed = time.perf_counter() - start, children_cpu() - cpu0
     cells = max(cpus[0] - fixed, 0.0)
-    print(f"  fixed cost of one pytest process (--collect-only): {fixed_wall:.1f} s wall, {fixed:.1f} CPU s; the cells: "
+    print(f"  fixed cost of one pytest process (--collect-only): {fixed_wall:.1f} s wall, {fixed:.1f} CPU s; "
+          f"the cells: "
           f"{cells:.1f} CPU s. Amdahl on {workers} idle cores: at most "
           f"{(fixed + cells) / (fixed + cells / workers):.2f}x")
     print(f"  RATIO xdist speed-up with {workers} workers: {walls[0] / walls[workers]:.2f}x  (target >= 1.6x)")
     # what N cores can give at best: -n 0's CPU seconds against -n N's CPU seconds spread over N idle cores
     # (each xdist worker imports torch / transformers / peft, collects every case, builds and proves its bases)
     bound = cpus[0] / (cpus[workers] / min(workers, cores))
-    print(f"  CPU seconds: -n 0 {cpus[0]:.1f} s, -n {workers} {cpus[workers]:.1f} s: on {min(workers, cores)} idle cores "
+    print(f"  CPU seconds: -n 0 {cpus[0]:.1f} s, -n {workers} {cpus[workers]:.1f} s: "
+          f"on {min(workers, cores)} idle cores "
           f"the speed-up is at most {bound:.2f}x; CPU this run got: -n 0 {cpus[0] / walls[0]:.2f}, "
           f"-n {workers} {cpus[workers] / walls[workers]:.2f} cores of {cores}")
 

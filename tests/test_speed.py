@@ -175,7 +175,8 @@ def test_a_read_that_reuses_its_base_verdict_gives_the_record_a_fresh_load_gives
         assert r["status"] == f["status"] == "pass"
         for field in ("base_drift", "max_abs_diff", "tolerance", "missing_keys", "unexpected_keys"):
             assert r[field] == f[field], field
-        assert [(w["stage"], w["message"]) for w in r["warnings"]] == [(w["stage"], w["message"]) for w in f["warnings"]]
+        assert [(w["stage"], w["message"]) for w in r["warnings"]] == \
+            [(w["stage"], w["message"]) for w in f["warnings"]]
 
 
 def test_a_checkpoint_is_the_report_build_report_makes(tmp_path):

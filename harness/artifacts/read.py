@@ -25,8 +25,9 @@ import dataclasses
 import os
 
 from harness.artifacts.store import read_manifest, verify
-from harness.roundtrip.cell import (LoadContext, Stages, applicability, base_key, forward_logits, inputs_on,
-                                    load_and_compare, load_base, max_abs_diff, new_record, record_failure, torch_dtype)
+from harness.roundtrip.cell import (LoadContext, Stages, applicability, base_key, forward_logits, inputs_digest,
+                                    inputs_on, load_and_compare, load_base, max_abs_diff, new_record, record_failure,
+                                    torch_dtype)
 from harness.roundtrip.errors import CheckFailed
 
 
@@ -99,19 +100,6 @@ def read_cell(case, cell_dir: str, *, manifest: dict | None = None, on_stage=Non
 _BASE_VERDICTS: dict = {}
 
 
-def _inputs_digest(inputs: dict) -> str:
-    import hashlib
-
-    import torch
-
-    digest = hashlib.sha256()
-    for name in sorted(inputs):
-        tensor = inputs[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:".encode())
-        digest.update(tensor.flatten().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def base_logits_here(case, base_dir: str, device: str, dtype: str, inputs: dict):
     """The logits of the writer's base loaded here (load_base: from_pretrained, load kwargs, steps) on the
     writer's inputs; raises BaseIncompatible when it does not load. Computed once per worker for a base that is
@@ -121,7 +109,7 @@ def base_logits_here(case, base_dir: str, device: str, dtype: str, inputs: dict)
     from harness.roundtrip.families import LOADED_BASES, capture_call
 
     key = base_key(case, base_dir, device, dtype)
-    verdict_key = (key, _inputs_digest(inputs), torch.get_num_threads())
+    verdict_key = (key, inputs_digest(inputs), torch.get_num_threads())
     cached = None if LOADED_BASES.no_reuse() else _BASE_VERDICTS.get(verdict_key)
     if cached is not None and cached[0] == "logits" and LOADED_BASES.replay(key):
         return cached[1].clone()

@@ -187,6 +187,37 @@ def fresh_load_base(case, base_dir: str, device: str, dtype: str):
     return model.to(device)
 
 
+# The logits of a reused base (LOADED_BASES proved every copy equal to a fresh load) on the same inputs, with
+# the same number of threads: one forward per worker, not one per cell. Any other base computes them anew.
+_BASE_LOGITS: dict = {}
+
+
+def inputs_digest(inputs: dict) -> str:
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(inputs):
+        tensor = inputs[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:".encode())
+        digest.update(tensor.flatten().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def base_logits_of(key, model, inputs: dict):
+    """forward_logits(model, inputs) for `model`, a base just given by load_base under `key`."""
+    import torch
+
+    if not LOADED_BASES.reusable(key):
+        return forward_logits(model, inputs)
+    cache_key = (key, inputs_digest(inputs), torch.get_num_threads())
+    if cache_key not in _BASE_LOGITS:
+        _BASE_LOGITS[cache_key] = forward_logits(model, inputs)
+    model.eval()  # as forward_logits leaves it
+    return _BASE_LOGITS[cache_key].clone()
+
+
 def applicability(case, device: str) -> tuple[str, str] | None:
     """(status, reason) when the cell cannot run here, else None."""
     unmet = compat.unmet_requirements(case.requires)
@@ -270,7 +301,8 @@ def _run_stages(case, device, dtype, record, bases, workdir, after_save, after_l
             base_dir = bases.get(family, case.model_config)
             model = load_base(case, base_dir, save_dev, dtype)
             inputs = make_inputs(family, model.config)
-            base_logits = forward_logits(model, inputs_on(inputs, save_dev, torch_dtype(dtype)))
+            base_logits = base_logits_of(base_key(case, base_dir, save_dev, dtype), model,
+                                         inputs_on(inputs, save_dev, torch_dtype(dtype)))
         with run.stage("adapt"):
             torch.manual_seed(SAVE_SEED)
             model = apply_adapter(model, case)

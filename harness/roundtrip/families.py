@@ -207,7 +207,7 @@ class BaseCheckpoints:
 # --- loaded bases, reused ------------------------------------------------------------------------------------
 #
 # A cell loads its base twice (the saving side and the loading side), each time with from_pretrained, and a
-# tiny base costs ~50 ms to load against ~2 ms to deep-copy. So each process keeps every base it loaded once,
+# tiny base costs ~50 ms to load against a fifth of that to deep-copy. So each process keeps every base it loaded once,
 # pristine (never handed out), and gives each caller a deep copy -- but only after proving, on the first load,
 # that a copy is what a fresh from_pretrained would give: the base is loaded twice and the two must agree in
 # every parameter and buffer (names, dtypes, shapes, devices, values, which ones share storage), the config,

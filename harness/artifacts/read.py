@@ -118,7 +118,7 @@ def base_logits_here(case, base_dir: str, device: str, dtype: str, inputs: dict)
         raise BaseIncompatible(cached[1])
 
     def logits():
-        base = load_base(case, base_dir, device, dtype)
+        base = load_base(case, base_dir, device, dtype, key=key)
         return forward_logits(base, inputs_on(inputs, device, torch_dtype(dtype)))
 
     result, error, captured = capture_call(logits)

@@ -158,12 +158,12 @@ class LoadContext:
         return build_config(self.case)
 
 
-def load_base(case, base_dir: str, device: str, dtype: str):
+def load_base(case, base_dir: str, device: str, dtype: str, *, key=None):
     """from_pretrained(base_dir) as the user does it, then the case's before_adapt steps; seeded, so that
     heads created at load time (ignore_mismatched_sizes) and resized rows are the same on both sides.
     Served by this process's LOADED_BASES: a deep copy of a base loaded once and proven equal to a fresh load
     (else a fresh load; see harness.roundtrip.families)."""
-    return LOADED_BASES.load(base_key(case, base_dir, device, dtype),
+    return LOADED_BASES.load(key or base_key(case, base_dir, device, dtype),
                              lambda: fresh_load_base(case, base_dir, device, dtype))
 
 
@@ -187,8 +187,9 @@ def fresh_load_base(case, base_dir: str, device: str, dtype: str):
     return model.to(device)
 
 
-# The logits of a reused base (LOADED_BASES proved every copy equal to a fresh load) on the same inputs, with
-# the same number of threads: one forward per worker, not one per cell. Any other base computes them anew.
+# A reused base's inputs (make_inputs of its config) and its logits on them, with the same number of threads:
+# made once per worker, not once per cell (LOADED_BASES proved every copy equal to a fresh load, config
+# included). Any other base makes them anew.
 _BASE_LOGITS: dict = {}
 
 
@@ -205,17 +206,22 @@ def inputs_digest(inputs: dict) -> str:
     return digest.hexdigest()
 
 
-def base_logits_of(key, model, inputs: dict):
-    """forward_logits(model, inputs) for `model`, a base just given by load_base under `key`."""
+def base_inputs_and_logits(key, family, model, device: str, dtype: str):
+    """(inputs, forward_logits of `model` on them) for `model`, a base just given by load_base under `key`."""
     import torch
 
+    def make():
+        inputs = make_inputs(family, model.config)
+        return inputs, forward_logits(model, inputs_on(inputs, device, torch_dtype(dtype)))
+
     if not LOADED_BASES.reusable(key):
-        return forward_logits(model, inputs)
-    cache_key = (key, inputs_digest(inputs), torch.get_num_threads())
+        return make()
+    cache_key = (key, family.name, torch.get_num_threads())
     if cache_key not in _BASE_LOGITS:
-        _BASE_LOGITS[cache_key] = forward_logits(model, inputs)
+        _BASE_LOGITS[cache_key] = make()
     model.eval()  # as forward_logits leaves it
-    return _BASE_LOGITS[cache_key].clone()
+    inputs, logits = _BASE_LOGITS[cache_key]
+    return {k: v.clone() for k, v in inputs.items()}, logits.clone()
 
 
 def applicability(case, device: str) -> tuple[str, str] | None:
@@ -299,10 +305,9 @@ def _run_stages(case, device, dtype, record, bases, workdir, after_save, after_l
     try:
         with run.stage("build"):
             base_dir = bases.get(family, case.model_config)
-            model = load_base(case, base_dir, save_dev, dtype)
-            inputs = make_inputs(family, model.config)
-            base_logits = base_logits_of(base_key(case, base_dir, save_dev, dtype), model,
-                                         inputs_on(inputs, save_dev, torch_dtype(dtype)))
+            key = base_key(case, base_dir, save_dev, dtype)
+            model = load_base(case, base_dir, save_dev, dtype, key=key)
+            inputs, base_logits = base_inputs_and_logits(key, family, model, save_dev, dtype)
         with run.stage("adapt"):
             torch.manual_seed(SAVE_SEED)
             model = apply_adapter(model, case)

@@ -150,6 +150,13 @@ def whole_run(tmp: str, bare: dict | None) -> dict:
     print(f"\nrun: `python -m harness run` (full set): {len(cells)} cells that ran, wall {wall:.1f} s, "
           f"stage seconds {total:.1f} s, mean cell {ms(total / len(cells))}")
     print(f"  RATIO run overhead (wall / stage seconds): {wall / total:.2f}x  (target <= 1.15x)")
+    # what every run pays once before its first cell: the interpreter, torch / transformers / peft, the cases
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import harness.running.cli; from harness.roundtrip.check import "
+                    "load_cases; load_cases('cases')"], cwd=ROOT, check=True, capture_output=True)
+    fixed = time.perf_counter() - start
+    print(f"  of which imports + loading the cases (a process that does only that): {fixed:.1f} s; the rest: "
+          f"{(wall - fixed) / total:.2f}x the stage seconds")
     if bare:
         weighted = statistics.mean(bare[c["family"]][0] for c in cells if c["family"] in bare)
         print(f"  mean cell of the run / bare script of its family: {total / len(cells) / weighted:.2f}x "

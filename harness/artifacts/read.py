@@ -25,8 +25,9 @@ import dataclasses
 import os
 
 from harness.artifacts.store import read_manifest, verify
-from harness.roundtrip.cell import (LoadContext, Stages, applicability, forward_logits, inputs_on, load_and_compare,
-                                    load_base, max_abs_diff, new_record, record_failure, torch_dtype)
+from harness.roundtrip.cell import (LoadContext, Stages, applicability, base_key, forward_logits, inputs_digest,
+                                    inputs_on, load_and_compare, load_base, max_abs_diff, new_record, record_failure,
+                                    torch_dtype)
 from harness.roundtrip.errors import CheckFailed
 
 
@@ -91,6 +92,51 @@ def read_cell(case, cell_dir: str, *, manifest: dict | None = None, on_stage=Non
     return record
 
 
+# This process's verdicts on writers' bases: (base key, inputs, threads) -> the base's logits here, or the
+# message of why it does not load. A writer's base is shared by every cell of the writer that uses it, so a
+# reader loads it and computes its logits once per worker, not once per cell; the load stage still loads it
+# (a deep copy, harness.roundtrip.families.LoadedBases). Only kept for a base that LoadedBases proved
+# reusable (two loads agree) or that failed twice in the same way: otherwise every read loads it afresh.
+_BASE_VERDICTS: dict = {}
+
+
+def base_logits_here(case, base_dir: str, device: str, dtype: str, inputs: dict):
+    """The logits of the writer's base loaded here (load_base: from_pretrained, load kwargs, steps) on the
+    writer's inputs; raises BaseIncompatible when it does not load. Computed once per worker for a base that is
+    proven reusable (see _BASE_VERDICTS); the load's warnings are raised again for each read, as a load would."""
+    import torch
+
+    from harness.roundtrip.families import LOADED_BASES, capture_call
+
+    key = base_key(case, base_dir, device, dtype)
+    verdict_key = (key, inputs_digest(inputs), torch.get_num_threads())
+    cached = None if LOADED_BASES.no_reuse() else _BASE_VERDICTS.get(verdict_key)
+    if cached is not None and cached[0] == "logits" and LOADED_BASES.replay(key):
+        return cached[1].clone()
+    if cached is not None and cached[0] == "error":
+        cached[2].replay()
+        raise BaseIncompatible(cached[1])
+
+    def logits():
+        base = load_base(case, base_dir, device, dtype, key=key)
+        return forward_logits(base, inputs_on(inputs, device, torch_dtype(dtype)))
+
+    result, error, captured = capture_call(logits)
+    captured.replay()
+    if error is None:
+        if LOADED_BASES.reusable(key):
+            _BASE_VERDICTS[verdict_key] = ("logits", result.clone())
+        return result
+    message = f"the writer's base checkpoint does not load here: {type(error).__name__}: {str(error)[:500]}"
+    if LOADED_BASES.no_reuse():
+        raise BaseIncompatible(message) from error
+    _, again, captured_again = capture_call(logits)  # the same failure twice: the same for every read here
+    if (again is not None and (type(again), str(again)) == (type(error), str(error))
+            and captured_again.signature() == captured.signature()):
+        _BASE_VERDICTS[verdict_key] = ("error", message, captured)
+    raise BaseIncompatible(message) from error
+
+
 def _read_stages(run: Stages, case, manifest: dict, writer_dir: str) -> None:
     import torch
     from safetensors.torch import load_file
@@ -106,13 +152,7 @@ def _read_stages(run: Stages, case, manifest: dict, writer_dir: str) -> None:
             raise RuntimeError(f"the artifact of {manifest['cell_id']} in {writer_dir} is damaged: {', '.join(bad[:5])}")
         tensors = load_file(os.path.join(writer_dir, manifest["tensors"]))
         inputs = {k[len("input."):]: v for k, v in tensors.items() if k.startswith("input.")}
-        try:
-            base = load_base(case, base_dir, load_dev, record["dtype"])
-            base_logits = forward_logits(base, inputs_on(inputs, load_dev, torch_dtype(record["dtype"])))
-        except Exception as exc:
-            raise BaseIncompatible(f"the writer's base checkpoint does not load here: {type(exc).__name__}: "
-                                   f"{str(exc)[:500]}") from exc
-        del base
+        base_logits = base_logits_here(case, base_dir, load_dev, record["dtype"], inputs)
         drift = record["base_drift"] = max_abs_diff(base_logits, tensors["logits.base"])
         tol = record["tolerance"]
         if not drift <= BASE_LIMIT * tol:

@@ -8,6 +8,7 @@ is applied by the running layer (harness.running.cells.run_cell). Nothing here i
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -22,9 +23,10 @@ from harness.roundtrip import compat
 from harness.roundtrip.adapters import apply_adapter, build_config, fill_trainable
 from harness.roundtrip.environment import environment
 from harness.roundtrip.errors import CheckFailed
-from harness.roundtrip.families import BASE_SEED, FAMILIES, BaseCheckpoints, make_inputs
+from harness.roundtrip.families import (BASE_SEED, FAMILIES, LOADED_BASES, BaseCheckpoints, checkpoint_fingerprint,
+                                       make_inputs)
 from harness.roundtrip.modes import LOAD_MODES, SAVE_MODES, check_artifact
-from harness.roundtrip.steps import run_steps
+from harness.roundtrip.steps import STEPS, run_steps
 
 SAVE_SEED = 0
 LOAD_SEED = 54321  # the loading side draws its adapter from another seed than the saving side
@@ -156,9 +158,26 @@ class LoadContext:
         return build_config(self.case)
 
 
-def load_base(case, base_dir: str, device: str, dtype: str):
+def load_base(case, base_dir: str, device: str, dtype: str, *, key=None):
     """from_pretrained(base_dir) as the user does it, then the case's before_adapt steps; seeded, so that
-    heads created at load time (ignore_mismatched_sizes) and resized rows are the same on both sides."""
+    heads created at load time (ignore_mismatched_sizes) and resized rows are the same on both sides.
+    Served by this process's LOADED_BASES: a deep copy of a base loaded once and proven equal to a fresh load
+    (else a fresh load; see harness.roundtrip.families)."""
+    return LOADED_BASES.load(key or base_key(case, base_dir, device, dtype),
+                             lambda: fresh_load_base(case, base_dir, device, dtype))
+
+
+def base_key(case, base_dir: str, device: str, dtype: str) -> tuple:
+    """Everything a loaded base depends on: the checkpoint's content, the class, dtype, device, the case's
+    load kwargs and its before_adapt steps."""
+    steps = [s for s in case.steps if STEPS[s["name"]].at == "before_adapt"]
+    return (checkpoint_fingerprint(base_dir), FAMILIES[case.family].model_class, dtype, device,
+            json.dumps(case.load_kwargs, sort_keys=True, default=repr), json.dumps(steps, sort_keys=True, default=repr))
+
+
+def fresh_load_base(case, base_dir: str, device: str, dtype: str):
+    """load_base without the cache: what every call did before it, and what it still does for a base that two
+    loads do not reproduce."""
     import torch
 
     torch.manual_seed(BASE_SEED)
@@ -166,6 +185,43 @@ def load_base(case, base_dir: str, device: str, dtype: str):
     model = model_cls.from_pretrained(base_dir, **compat.dtype_kwargs(torch_dtype(dtype)), **case.load_kwargs)
     run_steps(model, case.steps, "before_adapt")
     return model.to(device)
+
+
+# A reused base's inputs (make_inputs of its config) and its logits on them, with the same number of threads:
+# made once per worker, not once per cell (LOADED_BASES proved every copy equal to a fresh load, config
+# included). Any other base makes them anew.
+_BASE_LOGITS: dict = {}
+
+
+def inputs_digest(inputs: dict) -> str:
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(inputs):
+        tensor = inputs[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:".encode())
+        digest.update(tensor.flatten().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def base_inputs_and_logits(key, family, model, device: str, dtype: str):
+    """(inputs, forward_logits of `model` on them) for `model`, a base just given by load_base under `key`."""
+    import torch
+
+    def make():
+        inputs = make_inputs(family, model.config)
+        return inputs, forward_logits(model, inputs_on(inputs, device, torch_dtype(dtype)))
+
+    if not LOADED_BASES.reusable(key):
+        return make()
+    cache_key = (key, family.name, torch.get_num_threads())
+    if cache_key not in _BASE_LOGITS:
+        _BASE_LOGITS[cache_key] = make()
+    model.eval()  # as forward_logits leaves it
+    inputs, logits = _BASE_LOGITS[cache_key]
+    return {k: v.clone() for k, v in inputs.items()}, logits.clone()
 
 
 def applicability(case, device: str) -> tuple[str, str] | None:
@@ -249,9 +305,9 @@ def _run_stages(case, device, dtype, record, bases, workdir, after_save, after_l
     try:
         with run.stage("build"):
             base_dir = bases.get(family, case.model_config)
-            model = load_base(case, base_dir, save_dev, dtype)
-            inputs = make_inputs(family, model.config)
-            base_logits = forward_logits(model, inputs_on(inputs, save_dev, torch_dtype(dtype)))
+            key = base_key(case, base_dir, save_dev, dtype)
+            model = load_base(case, base_dir, save_dev, dtype, key=key)
+            inputs, base_logits = base_inputs_and_logits(key, family, model, save_dev, dtype)
         with run.stage("adapt"):
             torch.manual_seed(SAVE_SEED)
             model = apply_adapter(model, case)

@@ -202,3 +202,256 @@ class BaseCheckpoints:
         tmp = path + ".partial"
         model.save_pretrained(tmp)
         os.replace(tmp, path)
+
+
+# --- loaded bases, reused ------------------------------------------------------------------------------------
+#
+# A cell loads its base twice (the saving side and the loading side), each time with from_pretrained, and a
+# tiny base costs ~50 ms to load against a fifth of that to deep-copy. So each process keeps every base it loaded once,
+# pristine (never handed out), and gives each caller a deep copy -- but only after proving, on the first load,
+# that a copy is what a fresh from_pretrained would give: the base is loaded twice and the two must agree in
+# every parameter and buffer (names, dtypes, shapes, devices, values, which ones share storage), the config,
+# the train/eval flags, the warnings the load raised and the random-number state it left behind; and a deep
+# copy of the first must agree with the second in the same way. If anything differs -- a weight the
+# checkpoint lacks gets a fresh random init, say -- the base is never reused: every caller gets its own fresh
+# load, as without the cache, so the cell sees what the user's own two from_pretrained calls would give.
+
+LIBRARY_LOGGERS = ("transformers", "peft", "accelerate", "huggingface_hub")
+NO_REUSE_ENV = "PEFT_COMPAT_NO_BASE_REUSE"  # "1": every base is loaded afresh (the behaviour without the cache)
+
+
+def checkpoint_fingerprint(folder: str) -> tuple:
+    """What identifies a checkpoint folder's content: its real path and every file's name and sha256 (tiny
+    checkpoints: well under a millisecond; a timestamp could miss a rewrite of the same size)."""
+    folder = os.path.realpath(folder)
+    files = []
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as fh:
+                files.append((os.path.relpath(path, folder), hashlib.sha256(fh.read()).hexdigest()))
+    return folder, tuple(sorted(files))
+
+
+class _Captured:
+    """Warnings and library log records raised while a base loads, to be raised again for each copy."""
+
+    def __init__(self):
+        self.records: list = []
+        self.warnings: list = []
+
+    def signature(self) -> list:
+        return ([(r.name, r.levelno, r.getMessage()) for r in self.records]
+                + [(w.category.__name__, str(w.message)) for w in self.warnings])
+
+    def replay(self) -> None:
+        import logging
+        import warnings
+
+        for record in self.records:
+            logging.getLogger(record.name).handle(record)
+        for w in self.warnings:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def capture_call(fn):
+    """fn() with the warnings and library log records it raises captured, not shown: (result, exception or
+    None, _Captured). `_Captured.replay()` raises them again."""
+    import logging
+    import warnings
+
+    captured = _Captured()
+
+    class Sink(logging.Handler):
+        def emit(self, record):
+            captured.records.append(record)
+
+    sink = Sink(logging.NOTSET)
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    saved = [(logger.handlers[:], logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.handlers, logger.propagate = [sink], False
+    result, error = None, None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                result = fn()
+            except Exception as exc:
+                error = exc
+    finally:
+        for logger, (handlers, propagate) in zip(loggers, saved):
+            logger.handlers, logger.propagate = handlers, propagate
+    captured.warnings = list(caught)
+    return result, error, captured
+
+
+def _rng_state():
+    import torch
+
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state) -> None:
+    import torch
+
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _same_rng(a, b) -> bool:
+    import torch
+
+    if not torch.equal(a[0], b[0]) or (a[1] is None) != (b[1] is None):
+        return False
+    return a[1] is None or all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
+
+
+def model_difference(a, b) -> str | None:
+    """None when models `a` and `b` are the same as far as a round trip can tell, else the first difference:
+    class, every parameter and buffer (names, dtype, shape, device, requires_grad, exact values), which tensors
+    share storage (tied weights), the config, and every module's train/eval flag."""
+    import torch
+
+    if type(a) is not type(b):
+        return f"class {type(a).__name__} != {type(b).__name__}"
+    for kind in ("parameters", "buffers"):
+        ta = list(getattr(a, "named_" + kind)(remove_duplicate=False))
+        tb = list(getattr(b, "named_" + kind)(remove_duplicate=False))
+        if [n for n, _ in ta] != [n for n, _ in tb]:
+            return f"{kind}: names differ"
+        for (name, x), (_, y) in zip(ta, tb):
+            if (x.dtype, tuple(x.shape), x.device, x.requires_grad) != (y.dtype, tuple(y.shape), y.device,
+                                                                      y.requires_grad):
+                return f"{name}: dtype, shape, device or requires_grad differ"
+            if not torch.equal(x, y):
+                return f"{name}: values differ"
+        if _sharing(ta) != _sharing(tb):
+            return f"{kind}: tensors that share storage differ"
+    if a.config.to_dict() != b.config.to_dict():
+        return "config differs"
+    if [m.training for m in a.modules()] != [m.training for m in b.modules()]:
+        return "train/eval flags differ"
+    return None
+
+
+def _sharing(named) -> list:
+    groups: dict = {}
+    for name, tensor in named:
+        groups.setdefault((tensor.untyped_storage().data_ptr(), tensor.storage_offset()), []).append(name)
+    return sorted(tuple(names) for names in groups.values() if len(names) > 1)
+
+
+@dataclass
+class _Pristine:
+    model: object | None  # None: not reusable (why says why); every caller loads afresh
+    captured: _Captured | None = None
+    rng: tuple | None = None
+    why: str | None = None
+
+
+class LoadedBases:
+    """Per-process cache of loaded bases (see the comment above): `load(key, loader)` returns a deep copy of a
+    pristine base proven equal to a fresh `loader()`, or a fresh `loader()` where that proof failed. A loader
+    that raises is not cached (every caller calls it, and sees it raise). `key` must name everything the
+    loader's result depends on (checkpoint content, class, dtype, device, load kwargs, steps)."""
+
+    def __init__(self):
+        self._entries: dict = {}
+        self.stats = {"admitted": 0, "refused": 0, "copies": 0, "fresh": 0}
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.stats = dict.fromkeys(self.stats, 0)
+
+    def refused(self) -> dict:
+        """key -> why, for every base that was not reused."""
+        return {k: e.why for k, e in self._entries.items() if e.model is None}
+
+    def load(self, key, loader):
+        if os.environ.get(NO_REUSE_ENV) == "1":
+            self.stats["fresh"] += 1
+            return loader()
+        entry = self._entries.get(key)
+        if entry is None:
+            entry, first = self._admit(loader)
+            self._entries[key] = entry
+            if entry.model is None:  # refused: `first` is a fresh load, its warnings raised already
+                self.stats["fresh"] += 1
+                return first
+            self.stats["copies"] += 1  # the proof's own copy: no second deep copy for the first caller
+            entry.captured.replay()
+            _set_rng_state(entry.rng)
+            return first
+        if entry.model is None:
+            self.stats["fresh"] += 1
+            return loader()
+        import copy
+
+        model = copy.deepcopy(entry.model)
+        self.stats["copies"] += 1
+        entry.captured.replay()
+        _set_rng_state(entry.rng)
+        return model
+
+    def replay(self, key) -> bool:
+        """Raise again the warnings of loading `key` and leave the random state a load leaves, without a copy
+        (for a caller that reuses what it computed from the same base). False when `key` is not reusable."""
+        entry = self._entries.get(key)
+        if entry is None or entry.model is None or os.environ.get(NO_REUSE_ENV) == "1":
+            return False
+        entry.captured.replay()
+        _set_rng_state(entry.rng)
+        return True
+
+    @staticmethod
+    def no_reuse() -> bool:
+        return os.environ.get(NO_REUSE_ENV) == "1"
+
+    def reusable(self, key) -> bool:
+        entry = self._entries.get(key)
+        return entry is not None and entry.model is not None and os.environ.get(NO_REUSE_ENV) != "1"
+
+    def _admit(self, loader):
+        import copy
+
+        first, error, captured = capture_call(loader)
+        if error is not None:  # not cached: every caller loads, and sees what it raises
+            captured.replay()
+            raise error
+        rng = _rng_state()
+        second, error, captured_again = capture_call(loader)
+        if error is not None:  # the first load worked, the second did not: never reuse; the caller gets the first
+            self.stats["refused"] += 1
+            captured.replay()
+            _set_rng_state(rng)
+            return _Pristine(None, why=f"a second load raised {type(error).__name__}: {error}"), first
+        why = model_difference(first, second)
+        if why is None and captured.signature() != captured_again.signature():
+            why = "the two loads raised different warnings"
+        if why is None and not _same_rng(rng, _rng_state()):
+            why = "the two loads left different random states"
+        copied = None
+        if why is None:
+            try:
+                copied = copy.deepcopy(first)
+            except Exception as exc:  # a model that cannot be deep-copied is loaded afresh each time
+                why = f"deepcopy failed: {type(exc).__name__}: {exc}"
+            else:
+                why = model_difference(copied, second)
+                why = why and f"a deep copy differs from a fresh load: {why}"
+        if why is not None:  # the caller gets the first load, its warnings and the random state it left
+            self.stats["refused"] += 1
+            captured.replay()
+            _set_rng_state(rng)
+            return _Pristine(None, why=f"two loads differ: {why}" if not why.startswith(("a deep", "deepcopy"))
+                             else why), first
+        self.stats["admitted"] += 1
+        del second
+        return _Pristine(first, captured, rng), copied
+
+
+LOADED_BASES = LoadedBases()  # this process's; a forked worker inherits it and keeps its own

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import json
 import os
 import signal
 import sys
 import time
+from collections import Counter
 
-from harness.reporting.report import (SCHEMA_VERSION, ReportError, cell_errors, describe_error, read_report,
-                                      record_key, version_tuple, write_report)
+from harness.reporting.report import (SCHEMA_VERSION, ReportError, _json_safe, build_report, cell_errors,
+                                      describe_error, read_report, record_key, validate_report, version_tuple,
+                                      write_report, write_text_atomic)
 
 CHECKPOINT_INTERVAL_S = 2.0
 RESUME_VERSION_KEYS = ("python", "torch", "transformers", "peft", "safetensors", "accelerate")
@@ -137,6 +140,8 @@ class ReportCheckpoints:
         self.path, self.interval_s, self.phase = path, interval_s, phase
         self.records: dict[str, dict] = dict(previous or {})
         self._last = -float("inf")
+        self._checked = False  # every record validated by a whole-report write (see _checkpoint)
+        self._texts: dict[str, tuple] = {}  # key -> (record, its JSON text) for checkpoints
 
     def add(self, record: dict) -> dict:
         """Keep `record` (admitted: see `admit`) and rewrite the report if the last write is old enough.
@@ -151,12 +156,40 @@ class ReportCheckpoints:
         from harness.roundtrip.environment import environment
 
         self._last = time.monotonic()
+        kwargs = dict(environment=environment("cpu"), complete=complete,
+                      incomplete_reason=None if complete else reason, phase=self.phase)
         try:
-            return write_report(self.path, list(self.records.values()), environment=environment("cpu"),
-                                complete=complete, incomplete_reason=None if complete else reason, phase=self.phase)
+            if complete or not self._checked:  # the final report and the first write: validated whole
+                report = write_report(self.path, list(self.records.values()), **kwargs)
+                self._checked = True
+                return report
+            return self._checkpoint(kwargs)
         except ReportError as exc:
             raise ReportError(f"{exc} (with {len(self.records)} cell(s) recorded; the report that was there "
                               "before, if any, is left as it was)") from None
+
+
+    def _checkpoint(self, kwargs: dict) -> dict:
+        """An in-progress write after the first. Every record added since was admitted (validated against the
+        cell schema) when it came in, and the earlier ones were validated by the first write, so only the rest
+        of the document is validated here; each record is serialised once (compact JSON) and the document is
+        joined from those texts. Validating and serialising every cell again at every write cost a run time
+        proportional to cells x writes. The file parses to the document build_report makes of the records."""
+        envelope = build_report([], **kwargs)
+        envelope["summary"] = dict(Counter(r["status"] for r in self.records.values()))
+        validate_report(envelope, self.path)
+        for key, record in self.records.items():
+            if self._texts.get(key, (None,))[0] is not record:
+                self._texts[key] = (record, json.dumps(_json_safe(record)))
+        del envelope["cells"]
+        head = json.dumps(envelope)
+        text = (head[:-1] + ', "cells": [\n' + ",\n".join(self._texts[k][1] for k in sorted(self.records))
+                + "\n]}\n")
+        try:
+            write_text_atomic(self.path, text)
+        except OSError as exc:
+            raise ReportError(f"{self.path}: cannot write the report: {exc.strerror or exc}") from None
+        return envelope
 
 
 def resume_records(path: str, environment: dict) -> dict[str, dict]:

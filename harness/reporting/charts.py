@@ -8,6 +8,7 @@ and printed number give that family's pass rate there ("-" where nothing was obs
 from __future__ import annotations
 
 from harness.reporting.overview import pass_rates
+from harness.reporting.templating import environment
 
 LEFT, TOP, STEP, BAR_H, ROW_H, LABEL_H = 150, 34, 30, 120, 22, 118
 
@@ -60,6 +61,4 @@ def passrate_model(matrix: dict) -> dict:
 
 
 def passrate_svg(matrix: dict) -> str:
-    from harness.reporting.render import environment
-
     return environment().get_template("passrate.svg.j2").render(**passrate_model(matrix))

@@ -72,7 +72,7 @@ def failing_on_newest(matrix: dict) -> dict | None:
     items = [_item(row, name, row["entries"][name]) for row in matrix["cells"]
              if statuses.outcome(row["entries"][name]["status"]) == "fail"]
     items.sort(key=lambda i: (statuses.RANK[i["status"]], i["cell_id"]))
-    ran = sum(1 for row in matrix["cells"] if statuses.outcome(row["entries"][name]["status"]) in ("pass", "fail"))
+    ran = sum(1 for row in matrix["cells"] if statuses.outcome(row["entries"][name]["status"]) not in (None, "n/a"))
     unexpected = [i for i in items if statuses.is_red(i["status"])]
     return {"env": name, "versions": versions_text(env), "ran": ran, "items": items, "unexpected": len(unexpected),
             "known": len(items) - len(unexpected)}
@@ -82,7 +82,7 @@ def changes_since(previous: dict | None, matrix: dict) -> dict | None:
     """Regressions, fixes and lost cells since the previous table (the `diff` command's classification)."""
     if previous is None:
         return None
-    from harness.reporting.diff import compare
+    from harness.reporting.changes import compare
 
     result = compare(previous, matrix)
     return {key: result[key] for key in ("regressions", "fixes", "lost", "changes", "new_cells", "new_envs",
@@ -102,7 +102,7 @@ def env_trouble(matrix: dict) -> list[dict]:
 
 def _rate(entries) -> tuple[int, int]:
     outcomes = [statuses.outcome(e["status"]) for e in entries]
-    return sum(1 for o in outcomes if o == "pass"), sum(1 for o in outcomes if o in ("pass", "fail"))
+    return sum(1 for o in outcomes if o == "pass"), sum(1 for o in outcomes if o not in (None, "n/a"))
 
 
 def pass_rates(matrix: dict) -> dict:

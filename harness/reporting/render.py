@@ -24,13 +24,10 @@ sheet, script and SVG template are files in assets/. Only http(s) references bec
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter
-from functools import lru_cache
-from importlib import resources
-from urllib.parse import urlsplit
 
 from harness.reporting import overview
+from harness.reporting.templating import ASSETS, asset, environment, inline, is_web_url  # noqa: F401
 from harness.reporting.report import write_text_atomic
 from harness.specs import statuses
 
@@ -151,8 +148,7 @@ def markdown(matrix: dict, *, details: bool = True, cross: dict | None = None, p
         out.append(f"| {fam['family']} | " + " | ".join("-" if r["rate"] is None else f"{100 * r['rate']:.0f}"
                                                         for r in fam["rates"]) + " |")
     out += ["", "## Since when", "", "One square per environment, oldest first ("
-            + ", ".join(f"{SYMBOLS[s]} {SHORT[s]}" for s in ("pass", "expected-failure", "fail", "fixed",
-                                                             "not-applicable")) + ", ▫️ not run).", ""]
+            + ", ".join(f"{SYMBOLS[s]} {SHORT[s]}" for s in statuses.BY_NAME if s != "skipped") + ", ▫️ not run).", ""]
     out += ["| seed scenario cell | across releases | first failing | first passing after | bisected |",
             "| --- | --- | --- | --- | --- |"]
     for s in overview.seed_strips(matrix):
@@ -238,40 +234,7 @@ def write_markdown(matrix: dict, path: str, *, cross: dict | None = None, previo
 
 # --- HTML ------------------------------------------------------------------------------------------------------
 # The page is assets/matrix.html.j2 (Jinja2, autoescape on) with assets/matrix.css and assets/matrix.js inlined:
-# one file that works offline. This module only prepares the values the template shows.
-
-ASSETS = "assets"
-WEB_URL = re.compile(r"https?://[^\s<>\"'`\\]+", re.IGNORECASE)
-
-
-def is_web_url(value) -> bool:
-    """Whether a reference may become a link: an http(s) URL, nothing else (no javascript:, data:, file:)."""
-    return isinstance(value, str) and WEB_URL.fullmatch(value) is not None and bool(urlsplit(value).netloc)
-
-
-def asset(name: str) -> str:
-    return resources.files("harness.reporting").joinpath(f"{ASSETS}/{name}").read_text(encoding="utf-8")
-
-
-def _inline(name: str, tag: str):
-    """An asset's text for a <style> or <script> element, which ends at the first closing tag in it."""
-    from markupsafe import Markup
-
-    text = asset(name)
-    if f"</{tag}" in text.lower():
-        raise ValueError(f"{ASSETS}/{name} contains '</{tag}': it would end the inline <{tag}> element")
-    return Markup(text)
-
-
-@lru_cache(maxsize=1)
-def environment():
-    import jinja2
-
-    env = jinja2.Environment(loader=jinja2.FunctionLoader(lambda name: asset(name)), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                             keep_trailing_newline=True)
-    env.tests["web_url"] = is_web_url
-    return env
+# one file that works offline. This module only prepares the values the template shows (templating.py loads).
 
 
 def _trim(values: list) -> list:
@@ -386,7 +349,7 @@ def html_page(matrix: dict, *, cross: dict | None = None, previous: dict | None 
     legend = [{"status": s, "glyph": GLYPHS[s], "short": SHORT[s], "meaning": statuses.BY_NAME[s].meaning,
                "present": s in present} for s in statuses.BY_NAME]
     return environment().get_template("matrix.html.j2").render(
-        css=_inline("matrix.css", "style"), js=_inline("matrix.js", "script"),
+        css=inline("matrix.css", "style"), js=inline("matrix.js", "script"),
         chart=Markup(passrate_svg(matrix)), generated_at=matrix["generated_at"], hidden=hidden,
         numbers=overview.numbers(matrix), newest=overview.failing_on_newest(matrix),
         changes=overview.changes_since(previous, matrix), unreported=overview.unreported(matrix),
@@ -404,7 +367,8 @@ def html_page(matrix: dict, *, cross: dict | None = None, previous: dict | None 
         methods=sorted({g["method"] for g in groups}), n_rows=len(rows),
         seeds=overview.seed_strips(matrix), issues=overview.issue_strips(matrix),
         cross_issues=overview.cross_issues(matrix), cross=cross_model(cross),
-        data=_json_for_script(page_data(matrix, rows, cross)), status_names=list(statuses.BY_NAME),
+        data=_json_for_script(page_data(matrix, rows, cross)),
+        status_sets=_json_for_script({"red": list(statuses.RED), "failing": list(statuses.FAILED)}),
     )
 
 

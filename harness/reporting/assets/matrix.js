@@ -23,12 +23,12 @@
   function ref(u){ return isWeb(u) ? '<a href="' + esc(u) + '">' + esc(u) + '</a>' : esc(u); }
   function q(s){ return "'" + String(s).replace(/'/g, "'\\''") + "'"; }
   function safeName(id){ return id.replace(/[^A-Za-z0-9_.-]+/g, '_').replace(/^_+|_+$/g, ''); }
-  function fmt(x){ return x == null ? '–' : (Math.abs(x) >= 1e-3 && Math.abs(x) < 1e4 ? String(+x.toPrecision(3)) : x.toExponential(2)); }
+  function fmt(x){ return x == null ? '–' : x === 0 ? '0' : (Math.abs(x) >= 1e-3 && Math.abs(x) < 1e4 ? String(+x.toPrecision(3)) : x.toExponential(2)); }
   function hashOf(obj){ const p = new URLSearchParams(); for (const [k, v] of Object.entries(obj)) if (v) p.set(k, v); return p.toString(); }
 
   // --- filters ------------------------------------------------------------------------------------------------
-  const RED = new Set(['fixed','crashed','timeout','error','fail','env-failed','missing']);
-  const FAILING = new Set(['crashed','timeout','error','fail','expected-failure']);
+  const sets = JSON.parse(document.getElementById('status-sets').textContent);  // from harness/specs/statuses.py
+  const RED = new Set(sets.red), FAILING = new Set(sets.failing);
   function statusOk(st){
     const want = state.status;
     if (!want) return true;

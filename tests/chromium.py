@@ -122,6 +122,7 @@ class Browser:
         session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         page = Page(self, session)
         page.call("Page.enable")
+        page.call("Network.enable")  # page.requests: every URL the page asked for
         page.call("Emulation.setDeviceMetricsOverride", {"width": self.width, "height": self.height,
                                                          "deviceScaleFactor": 1, "mobile": False})
         page.navigate(url)
@@ -142,6 +143,8 @@ class Page:
             self.call("Page.navigate", {"url": target})
             self.browser.wait_event("Page.loadEventFired", self.session)
         self.wait_for("document.body && document.body.dataset.ready === 'yes'")
+        self.requests = [m["params"]["request"]["url"] for m in self.browser._events
+                         if m.get("method") == "Network.requestWillBeSent" and m.get("sessionId") == self.session]
 
     def eval(self, expression: str):
         result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True,
@@ -181,3 +184,35 @@ class Page:
 
     def click(self, selector: str) -> None:
         self.eval(f"document.querySelector({json.dumps(selector)}).click()")
+
+
+def measure(html, out_dir, fragment: str = "") -> dict:
+    """Open a page the way a reader does and report its size, paint timing and requests; keep screenshots of
+    the first screen and of the heat map in out_dir. `python tests/chromium.py compat.html OUT_DIR`."""
+    import pathlib
+
+    html, out_dir = pathlib.Path(html), pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with Browser() as browser:
+        start = time.monotonic()
+        page = browser.open(html.as_uri() + (f"#{fragment}" if fragment else ""))
+        ready_s = time.monotonic() - start
+        timing = page.timing()
+        shots = [page.screenshot(out_dir / "first-screen.png")]
+        page.eval("document.getElementById('heatmap').scrollIntoView()")
+        shots.append(page.screenshot(out_dir / "heatmap.png"))
+        page.eval("document.getElementById('since').scrollIntoView()")
+        shots.append(page.screenshot(out_dir / "since-when.png"))
+        page.eval("document.getElementById('cross').scrollIntoView()")
+        shots.append(page.screenshot(out_dir / "cross.png"))
+        requests = page.requests
+    return {"bytes": html.stat().st_size, "first_paint_ms": timing.get("first-paint"),
+            "first_contentful_paint_ms": timing.get("first-contentful-paint"),
+            "dom_interactive_ms": timing.get("domInteractive"), "load_ms": timing.get("load"),
+            "open_to_ready_s": round(ready_s, 2), "requests": requests, "screenshots": shots}
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(json.dumps(measure(*sys.argv[1:3], *(sys.argv[3:4] or [])), indent=1))

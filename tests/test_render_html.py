@@ -110,7 +110,8 @@ def test_page_is_self_contained_and_lists_every_failing_detail(page):
     data = page_data(text)
     envs = [e["name"] for e in data["envs"]]
     entry = data["rows"][f"{VIT}[cpu-fp32]"]["e"][envs.index("peft012-tf445")]
-    assert data["statuses"][entry[0]] == "error" and entry[1] == "load" and entry[3] == "builtins.KeyError"
+    assert data["statuses"][entry[0]] == "error" and entry[1] == "load"
+    assert data["strings"][entry[3]] == "builtins.KeyError"  # texts are stored once, in the string table
     assert data["envs"][envs.index("peft012-tf445")] | {} == {
         "name": "peft012-tf445", "state": "ok", "reason": "", "peft": "0.12.0", "transformers": "4.45.2",
         "torch": "2.13.0+cpu", "python": "3.11.7"}
@@ -176,6 +177,17 @@ HOSTILE = ["javascript:alert(document.domain)", "JavaScript:alert(1)", " javascr
 GOOD = ["https://github.com/huggingface/peft/issues/2099", "http://example.org/issue?id=1&x=2"]
 
 
+def _known_table_links() -> set:
+    """The shipped known-issues table's references: the page's strips link them."""
+    from harness.reporting.render import is_web_url
+    from harness.specs.known_issues import load_known_issues
+
+    return {k.reference for k in load_known_issues() if is_web_url(k.reference)}
+
+
+KNOWN_TABLE_LINKS = _known_table_links()
+
+
 class Anchors(HTMLParser):
     def __init__(self):
         super().__init__()
@@ -208,10 +220,13 @@ def test_only_http_references_become_links_the_others_stay_text(hostile_page):
     text = html_file.read_text()
     anchors = Anchors()
     anchors.feed(text)
-    assert sorted(set(anchors.hrefs)) == sorted(GOOD)  # every link is http(s); every good reference is one
+    outside = {h for h in anchors.hrefs if not h.startswith("#")}  # the others are the page's own anchors
+    assert outside <= set(GOOD) | KNOWN_TABLE_LINKS  # every link out is http(s)
     assert anchors.handlers == []  # no quote in a reference opens an attribute
-    assert "javascript:alert(document.domain)" in text and "JavaScript:alert(1)" in text  # shown, as text
-    assert "data:text/html,&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "JavaScript:alert(1)" in text  # the newest env's known issue, shown as text
+    data = text[text.index('id="page-data">'):]
+    assert "javascript:alert(document.domain)" in data  # the case references, in the panel's data
+    assert "data:text/html,\\u003cscript\\u003ealert(1)\\u003c/script\\u003e" in data  # no tag in the JSON
     assert "<script>alert(1)" not in text
 
 
@@ -244,18 +259,19 @@ def test_an_asset_with_its_closing_tag_is_refused(monkeypatch):
 
 @needs_chromium
 def test_browser_hostile_references_are_not_links(hostile_page):
-    """The DOM after the script ran: the only links are the http(s) references."""
+    """The panel the script builds for a cell with hostile references: the only links out are http(s)."""
+    from chromium import Browser
+
     _, html_file = hostile_page
-    profile = tempfile.mkdtemp(prefix="peft-compat-chromium-")
-    try:
-        proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                               "--disable-background-networking", "--disable-component-update",
-                               f"--user-data-dir={profile}", "--virtual-time-budget=3000", "--dump-dom",
-                               html_file.as_uri()], capture_output=True, text=True, timeout=120)
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    anchors = Anchors()
-    anchors.feed(proc.stdout)
-    assert anchors.hrefs and all(h.lower().startswith(("http://", "https://")) for h in anchors.hrefs)
-    assert 'data-ready="yes"' in proc.stdout
+    with Browser() as browser:
+        page = browser.open(html_file.as_uri() + f"#cell={BERT}%5Bcpu-fp32%5D&at=peft014-tf447")
+        hrefs = page.eval("Array.from(document.querySelectorAll('#panel-body a')).map(a => a.getAttribute('href'))")
+        handlers = page.eval("Array.from(document.querySelectorAll('#panel-body *')).flatMap(e => "
+                             "Array.from(e.attributes).map(a => a.name)).filter(n => n.startsWith('on'))")
+        text = page.eval("document.getElementById('panel-body').innerText")
+    outside = [h for h in hrefs if not h.startswith("#")]
+    assert sorted(set(outside)) == sorted(GOOD)  # every good reference is a link, nothing else is
+    assert handlers == []
+    for hostile in ("javascript:alert(document.domain)", "data:text/html,<script>alert(1)</script>",
+                    "vbscript:msgbox(1)"):
+        assert hostile in text  # shown, as text

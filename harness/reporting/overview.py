@@ -32,15 +32,25 @@ def visible_rows(matrix: dict) -> list[dict]:
             or all(e["status"] in statuses.MATRIX_ONLY for e in r["entries"].values())]
 
 
+def observed_rows(matrix: dict) -> list[dict]:
+    """The heat map's rows: a cell with an observed outcome (pass or fail) somewhere, or whose every entry is
+    env-failed / missing. A cell that is only skipped (CUDA on a CPU machine) or not applicable says nothing."""
+    return [r for r in matrix["cells"]
+            if any(statuses.outcome(e["status"]) not in (None, "n/a") for e in r["entries"].values())
+            or all(e["status"] in statuses.MATRIX_ONLY for e in r["entries"].values())]
+
+
 def versions_text(env: dict) -> str:
     v = env["versions"]
     return f"peft {v.get('peft') or '?'}, transformers {v.get('transformers') or '?'}"
 
 
 def newest_env(matrix: dict) -> dict | None:
-    """The newest environment that ran: the last in version order (merge sorts peft, then transformers)."""
+    """The newest environment that ran to the end: the last in version order (merge sorts peft, then
+    transformers) whose state is ok; else the last that ran at all (its report incomplete)."""
+    done = [e for e in matrix["environments"] if e["state"] == "ok"]
     ran = [e for e in matrix["environments"] if e["state"] != "env-failed"]
-    return ran[-1] if ran else None
+    return (done or ran or [None])[-1]
 
 
 def entry_counts(matrix: dict) -> dict:

@@ -130,7 +130,8 @@ def markdown(matrix: dict, *, details: bool = True, cross: dict | None = None, p
     unreported = overview.unreported(matrix)
     if unreported:
         out += [f"**Known issues with no upstream report yet** ({len(unreported)}):", ""]
-        out += [f"- {_md_escape(k['reference'])} (stage {k['stage']}; seen in {len(k['seen_in'])} environment(s))"
+        out += [f"- {_md_escape(k['reference'])} (stage {k['stage']}; seen in {len(k['seen_in'])} "
+                f"{'read(s)' if k.get('cross') else 'environment(s)'})"
                 for k in unreported] + [""]
     for t in overview.env_trouble(matrix):
         out.append(f"- **{t['env']}**: {t['state']}: {_md_escape(t['reason'])[:200]}")
@@ -243,19 +244,38 @@ def _trim(values: list) -> list:
     return values
 
 
-def _page_entry(entry: dict, status_index: dict, row_tolerance) -> list:
-    """One entry for the page's JSON, as a short array (trailing empties dropped):
-    [status, stage, max_abs_diff, exception_type, message, known_issue, observed_status, missing_keys,
-     unexpected_keys, warnings, tolerance (only where it differs from the row's), reason]."""
+class _Strings:
+    """The page's string table: a text repeated across environments (a warning, a key, a message) is stored
+    once; entries hold its index."""
+
+    def __init__(self):
+        self.items: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def __call__(self, text):
+        if text is None:
+            return None
+        if isinstance(text, list):
+            return [self(t) for t in text]
+        if text not in self._index:
+            self._index[text] = len(self.items)
+            self.items.append(text)
+        return self._index[text]
+
+
+def _page_entry(entry: dict, status_index: dict, row_tolerance, text: _Strings) -> list:
+    """One entry for the page's JSON, as a short array (trailing empties dropped; texts as indices into the
+    string table): [status, stage, max_abs_diff, exception_type, message, known_issue, observed_status,
+    missing_keys, unexpected_keys, warnings, tolerance (only where it differs from the row's), reason]."""
     tol = entry.get("tolerance")
     observed = entry.get("observed_status")
+    reason = entry.get("reason") if entry.get("reason") and not entry.get("message") \
+        and entry["status"] not in statuses.MATRIX_ONLY else None  # an env's reason is in "envs"
     return _trim([status_index[entry["status"]], entry.get("stage"), entry.get("max_abs_diff"),
-                  entry.get("exception_type"), entry.get("message"), entry.get("known_issue"),
-                  observed if observed not in (None, entry["status"]) else None, entry.get("missing_keys"),
-                  entry.get("unexpected_keys"), entry.get("warnings") or None,
-                  tol if tol is not None and tol != row_tolerance else None,
-                  entry.get("reason") if entry.get("reason") and not entry.get("message")
-                  and entry["status"] not in statuses.MATRIX_ONLY else None])  # an env's reason: in "envs"
+                  text(entry.get("exception_type")), text(entry.get("message")), text(entry.get("known_issue")),
+                  observed if observed not in (None, entry["status"]) else None, text(entry.get("missing_keys")),
+                  text(entry.get("unexpected_keys")), text(entry.get("warnings") or None),
+                  tol if tol is not None and tol != row_tolerance else None, text(reason)])
 
 
 def page_data(matrix: dict, rows: list[dict], cross: dict | None) -> dict:
@@ -264,6 +284,7 @@ def page_data(matrix: dict, rows: list[dict], cross: dict | None) -> dict:
     index = {s: i for i, s in enumerate(names)}
     since = {s["cell_id"]: s["text"] for s in matrix["since"]}
     env_names = [e["name"] for e in matrix["environments"]]
+    text = _Strings()
     data_rows = {}
     for row in rows:
         tols = Counter(e.get("tolerance") for e in row["entries"].values() if e.get("tolerance") is not None)
@@ -273,12 +294,12 @@ def page_data(matrix: dict, rows: list[dict], cross: dict | None) -> dict:
             "apply": row.get("apply"), "save": row.get("save_mode"), "load": row.get("load_mode"),
             "device": row["device"], "dtype": row["dtype"], "refs": row.get("references") or [],
             "since": since.get(row["cell_id"], ""), "tol": tol,
-            "e": [_page_entry(row["entries"][n], index, tol) for n in env_names]}
+            "e": [_page_entry(row["entries"][n], index, tol, text) for n in env_names]}
     data = {"statuses": names, "glyphs": [GLYPHS[s] for s in names],
             "envs": [{"name": e["name"], "state": e["state"], "reason": e.get("reason") or "",
                       **{p: e["versions"].get(p) for p in ("peft", "transformers", "torch", "python")}}
                      for e in matrix["environments"]],
-            "rows": data_rows, "cross": None}
+            "rows": data_rows, "strings": text.items, "cross": None}
     if cross is not None:
         # per square: "p" the indices (into "cells") of the reads that passed, "o" the others in full
         cells = [crow["cell_id"] for crow in cross["cells"]]
@@ -342,7 +363,8 @@ def html_page(matrix: dict, *, cross: dict | None = None, previous: dict | None 
     from markupsafe import Markup
 
     envs = matrix["environments"]
-    rows, hidden = _visible_rows(matrix)
+    rows = overview.observed_rows(matrix)
+    hidden = len(matrix["cells"]) - len(rows)
     env_names = [e["name"] for e in envs]
     groups = overview.heat_groups(rows)
     present = {e["status"] for r in rows for e in r["entries"].values()}

@@ -88,7 +88,8 @@
     if (!row) return '<p>No cell <code>' + esc(cellId) + '</code> in this table.</p>';
     const i = d.envs.findIndex(e => e.name === env);
     if (i < 0) return cellPanel(cellId);
-    const x = row.e[i], s = d.statuses[x[0]];
+    const S = k => k == null ? null : (Array.isArray(k) ? k.map(S) : d.strings[k]);  // the string table
+    const x = row.e[i].map((v, j) => [3, 4, 5, 7, 8, 9, 11].includes(j) ? S(v) : v), s = d.statuses[x[0]];
     const tol = x[10] != null ? x[10] : row.tol;
     let diff = fmt(x[2]);
     if (x[2] != null && tol != null) diff += (x[2] <= tol ? ' ≤ ' : ' > ') + 'tolerance ' + fmt(tol);

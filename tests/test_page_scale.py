@@ -70,3 +70,24 @@ def test_overview_and_a_filter_agree_with_the_json_at_scale(big):
         shown = page.eval("+document.getElementById('count').dataset.shown")
     assert counts == dict(Counter(e["status"] for r in matrix["cells"] for e in r["entries"].values()))
     assert shown == sum(1 for r in matrix["cells"] if statuses.outcome(r["entries"][newest]["status"]) == "fail") > 0
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install -y chromium)")
+def test_a_permalink_deep_in_the_big_page_opens_and_shows_its_row(big, tmp_path):
+    from urllib.parse import quote
+
+    matrix, html = big
+    row = matrix["cells"][-1]  # the last row of the heat map's last group
+    env = matrix["environments"][-1]["name"]
+    with Browser() as browser:
+        page = browser.open(html.as_uri() + f"#cell={quote(row['cell_id'])}&at={env}")
+        title = page.eval("document.getElementById('panel-title').textContent")
+        top = page.eval(f"document.getElementById({json.dumps(row['cell_id'])}).getBoundingClientRect().top")
+        height = page.eval("window.innerHeight")
+        # a filter over 25,200 squares, timed in the page
+        ms = page.eval("(() => { const t = performance.now(); const s = document.getElementById('f-status');"
+                       " s.value = 'red'; s.dispatchEvent(new Event('change')); return performance.now() - t; })()")
+        path = page.screenshot(tmp_path / "big-permalink.png")
+    print(f"\nfilter over the big heat map: {ms:.0f} ms; screenshot: {path}")
+    assert title == row["cell_id"]
+    assert 0 <= top <= height  # scrolled into view

@@ -133,8 +133,11 @@ def markdown(matrix: dict, *, details: bool = True, cross: dict | None = None, p
         out += [f"- {_md_escape(k['reference'])} (stage {k['stage']}; seen in {len(k['seen_in'])} "
                 f"{'read(s)' if k.get('cross') else 'environment(s)'})"
                 for k in unreported] + [""]
-    for t in overview.env_trouble(matrix):
-        out.append(f"- **{t['env']}**: {t['state']}: {_md_escape(t['reason'])[:200]}")
+    trouble = overview.env_trouble(matrix)
+    if trouble:
+        out += [f"**Environments that did not run or did not finish** ({len(trouble)}):", ""]
+    for t in trouble:
+        out.append(f"- `{t['env']}`: {t['state']}: {_md_escape(t['reason'])[:200]}")
     out += ["", "## Pass rate per release", ""]
     if chart:
         out += [f"![pass rate per release and per family]({chart})", ""]

@@ -136,13 +136,18 @@ def pass_rates(matrix: dict) -> dict:
 
 # --- since when ----------------------------------------------------------------------------------------------
 
-def _edges_text(edges: list[dict]) -> list[str]:
-    out = []
+def _edges_text(edges: list[dict]) -> list[dict]:
+    """[{text, title}], one per distinct edge: "peft 0.11.1 -> 0.12.0 (came in)" / "... (fixed)"; the title
+    has the date and the command that found it."""
+    out, seen = [], set()
     for e in edges:
-        verb = "came in" if e["kind"] == "starts" else "fixed"
-        out.append(f"{e['package']} {e['passing']} -> {e['failing']}" if e["kind"] == "starts"
-                   else f"{e['package']} {e['failing']} -> {e['passing']}")
-        out[-1] += f" ({verb}; bisected {e['date']})"
+        if e["kind"] == "starts":
+            text = f"{e['package']} {e['passing']} -> {e['failing']} (came in)"
+        else:
+            text = f"{e['package']} {e['failing']} -> {e['passing']} (fixed)"
+        if text not in seen:
+            seen.add(text)
+            out.append({"text": text, "title": f"bisected {e['date']}: {e['command']}"})
     return out
 
 

@@ -157,13 +157,13 @@ def markdown(matrix: dict, *, details: bool = True, cross: dict | None = None, p
             "| --- | --- | --- | --- | --- |"]
     for s in overview.seed_strips(matrix):
         out.append(f"| `{s['title']}` | {_md_strip(s['squares'])} | {_strip_env(s['first_failing'])} | "
-                   f"{_strip_env(s['first_passing'])} | {_md_escape('; '.join(s['edges']))} |")
+                   f"{_strip_env(s['first_passing'])} | {_md_escape('; '.join(e['text'] for e in s['edges']))} |")
     issues = overview.issue_strips(matrix)
     if issues:
         out += ["", "| known issue | stage | versions | across releases | bisected |", "| --- | --- | --- | --- | --- |"]
         for s in issues:
             out.append(f"| {_md_escape(s['title'])} | {s['stage']} | {_md_escape(s['versions'])} | "
-                       f"{_md_strip(s['squares'])} | {_md_escape('; '.join(s['edges']))} |")
+                       f"{_md_strip(s['squares'])} | {_md_escape('; '.join(e['text'] for e in s['edges']))} |")
     out += ["", "## Environments", "", "| env | peft | transformers | torch | state | summary |",
             "| --- | --- | --- | --- | --- | --- |"]
     for env in envs:

@@ -47,7 +47,8 @@ def site(tmp_path_factory):
     matrix = hmerge.merge_files([str(d)], str(d / "compat.json"), previous=str(old / "compat.json"))
     cross = cross_table(n_cells=6)
     (d / "compat.html").write_text(html_page(matrix, cross=cross, previous=previous))
-    return {"dir": d, "matrix": matrix, "previous": previous, "cross": cross, "html": d / "compat.html"}
+    return {"dir": d, "matrix": matrix, "previous": previous, "previous_path": old / "compat.json", "cross": cross,
+            "html": d / "compat.html"}
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +203,18 @@ def test_a_square_of_the_cross_grid_opens_the_reads_behind_it(site, browser, tmp
     for cell_id, status in behind:
         assert any(cell_id in item and status in item for item in listed), (cell_id, status)
     assert any(s != "pass" for _, s in behind)  # the fixture's old reader fails some reads of a newer writer
+
+
+def test_merge_previous_flag_and_a_bad_previous_table(site, tmp_path, capsys):
+    out = tmp_path / "compat.json"
+    previous = site["previous_path"]
+    assert hmerge.main([str(site["dir"]), "--out", str(out), "--previous", str(previous)]) == 0
+    assert "**Since the previous run**" in (tmp_path / "compat.md").read_text()
+    assert 'data-n="regressions">2<' in (tmp_path / "compat.html").read_text()
+    bad = tmp_path / "not-a-table.json"
+    bad.write_text('{"kind": "something else"}')
+    other = tmp_path / "other" / "compat.json"
+    assert hmerge.main([str(site["dir"]), "--out", str(other), "--previous", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not-a-table.json" in err[0] and "not a peft-compat matrix" in err[0]
+    assert not other.exists()  # refused before anything is written

@@ -40,12 +40,13 @@ from harness.reporting.since_when import since_analysis
 from harness.specs import statuses
 from harness.specs.known_issues import classify, release, unclassify
 
-MATRIX_SCHEMA_VERSION = "1.0"
+MATRIX_SCHEMA_VERSION = "1.1"  # 1.1: entry tolerance / keys / warnings, known issues' bisected edges
 MATRIX_KIND = "peft-compat-matrix"
 STUB_PREFIX = "setup-failed: "
 CROSS_DIR = "cross"  # reports/cross/<reader>.json: the read reports of the cross-version phase
 ENV_NAME_RE = re.compile(r"^peft(?P<peft>\d+)-tf(?P<tf>\d+)$")
 ENV_PACKAGES = ("peft", "transformers", "torch", "python", "safetensors", "accelerate")
+DETAIL_CAP = 50  # keys kept per entry
 
 
 class MatrixError(ValueError):
@@ -198,7 +199,13 @@ def _entry(cell: dict) -> dict:
             "reason": short_reason(cell), "exception_type": cell.get("exception_type"),
             "message": (cell.get("message") or None) and cell["message"][:1000],
             "observed_status": cell.get("observed_status"),
-            "known_issue": (cell.get("known_issue") or {}).get("reference")}
+            "known_issue": (cell.get("known_issue") or {}).get("reference"),
+            # for the page's detail panel (capped: a table, not the report)
+            "tolerance": cell.get("tolerance"),
+            "missing_keys": None if cell.get("missing_keys") is None else cell["missing_keys"][:DETAIL_CAP],
+            "unexpected_keys": None if cell.get("unexpected_keys") is None else cell["unexpected_keys"][:DETAIL_CAP],
+            "warnings": [f"{w.get('category') or 'Warning'}: {w.get('message') or ''}"[:300]
+                         for w in (cell.get("warnings") or [])[:10]]}
 
 
 def cross_path(out: str) -> str:
@@ -313,24 +320,28 @@ def known_issue_usage(reports: list[tuple[str, dict]], issues, env_order=()) -> 
                                      (issue.reader or {}) if issue.cross else None), {})
         out.append({"reference": issue.reference, "stage": issue.stage, "versions": dict(issue.versions),
                     "cases": list(issue.cases), "seen_in": ordered(bucket.get("expected-failure", ())),
-                    "fixed_in": ordered(bucket.get("fixed", ()))})
+                    "fixed_in": ordered(bucket.get("fixed", ())), "cross": bool(issue.cross),
+                    "bisected": [{"package": e.package, "kind": e.kind, "failing": e.failing, "passing": e.passing,
+                                  "date": e.date, "command": e.command} for e in issue.bisected]})
     return out
 
 
 # --- writing -------------------------------------------------------------------------------------------------
 
 def merge_files(inputs, out: str, expected_envs=(), render: bool = True, known_issues_path=None,
-                reclassify_cells: bool = False) -> dict:
+                reclassify_cells: bool = False, previous: str | None = None) -> dict:
     """Merge the reports into the matrix at `out` (and the cross-version table beside it); the matrix."""
-    return merge_all(inputs, out, expected_envs, render, known_issues_path, reclassify_cells)[0]
+    return merge_all(inputs, out, expected_envs, render, known_issues_path, reclassify_cells, previous)[0]
 
 
 def merge_all(inputs, out: str, expected_envs=(), render: bool = True, known_issues_path=None,
-              reclassify_cells: bool = False) -> tuple[dict, dict | None]:
+              reclassify_cells: bool = False, previous: str | None = None) -> tuple[dict, dict | None]:
     """(matrix, cross-version table or None): the own round trips' reports -> `out`; the read reports ->
-    cross.json next to it."""
+    cross.json next to it. `previous`: an earlier compat.json whose regressions and fixes the page and the
+    summary lead with."""
     from harness.specs.known_issues import load_known_issues
 
+    old = read_matrix(previous) if previous else None  # a bad previous table stops here, before any write
     paths = report_paths(inputs, out)
     if not paths:  # an empty table would read as "nothing is red"
         raise ReportError(f"no per-environment report to merge in {', '.join(map(str, inputs)) or '(no input)'} "
@@ -355,8 +366,8 @@ def merge_all(inputs, out: str, expected_envs=(), render: bool = True, known_iss
         from harness.reporting.render import write_html, write_markdown
 
         base = os.path.splitext(out)[0]
-        write_markdown(matrix, base + ".md")
-        write_html(matrix, base + ".html")
+        write_markdown(matrix, base + ".md", cross=cross, previous=old)
+        write_html(matrix, base + ".html", cross=cross, previous=old)
     return matrix, cross
 
 
@@ -386,6 +397,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stub", metavar="ENV", help="instead of merging: write a stub report for ENV that "
                         "could not be set up (to --out, default reports/ENV.json) and exit")
     parser.add_argument("--reason", default="", help="why the stub's environment could not be set up")
+    parser.add_argument("--previous", default=None, metavar="OLD.json", help="an earlier compat.json: the page "
+                        "and the summary open with the regressions and fixes since it")
 
 
 def run(args) -> int:
@@ -398,7 +411,8 @@ def run(args) -> int:
     if args.expect_from_tox:
         expected += tox_env_names(".")
     matrix, cross = merge_all(args.inputs, args.out, expected, render=not args.no_render,
-                              known_issues_path=args.known_issues, reclassify_cells=args.reclassify)
+                              known_issues_path=args.known_issues, reclassify_cells=args.reclassify,
+                              previous=args.previous)
     failed_envs = [e["name"] for e in matrix["environments"] if e["state"] == "env-failed"]
     incomplete_envs = [e for e in matrix["environments"] if e["state"] == "incomplete"]
     bad = bad_entries(matrix)

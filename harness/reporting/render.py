@@ -1,20 +1,33 @@
-"""Render a merged matrix (merge.py) as Markdown (reports/compat.md, GitHub job summaries) and as one
-self-contained static HTML page (reports/compat.html: no external file, no network).
+"""Render a merged matrix (merge.py) as Markdown (reports/compat.md, GitHub job summaries, with the pass-rate
+chart beside it as compat-passrate.svg) and as one self-contained HTML page (reports/compat.html: no external
+file, no network).
 
-The HTML table is rendered here, complete, so the page reads without JavaScript; a small inline script adds
-sorting (click a column header) and filters (model family, adapter, status, free text). The page's template,
-style sheet and script are files in assets/ (matrix.html.j2, matrix.css, matrix.js), inlined at render time.
-The view state lives in the URL fragment, e.g. compat.html#family=vit_224&status=fail&sort=cell&dir=desc, so a
-filtered view can be linked, and a headless browser test can drive it. Only http(s) references (known issues,
-a case's references) become links; any other (javascript:, data:, ...) is shown as text.
+The page opens on the answer, then the evidence:
+1. the overview (overview.py): what fails on the newest releases, regressions and fixes since a previous
+   table (`merge --previous OLD.json`), known issues without an upstream report, the entry counts, the
+   pass-rate chart (charts.py, inline SVG);
+2. the heat map: cells grouped by family and method x environments, one colour and one glyph per status
+   (GLYPHS: the shape says it without the colour), with filters (family, method, status, environment, text);
+3. "since when": a strip across releases for every seed scenario and every known issue, with the first
+   failing and first passing release and the edges `bisect` found;
+4. across versions: the writer x reader grid of cross.json, each square opening the reads behind it;
+5. the environments.
+Every entry of the heat map opens a detail panel (the record's fields and the commands that reproduce it)
+and has a permalink: compat.html#cell=<cell id>&at=<env>; #w=<writer>&r=<reader> opens a square of the
+cross grid. Every view state (filters included) lives in the URL fragment.
+
+Everything the overview, the strips and the grids say is rendered here, so it reads without JavaScript; the
+heat map's details are one JSON document in the page that the script reads when a square is opened (a
+page of 25 environments x 1,000 cells stays about 1 MB, and paints before the script runs). Template, style
+sheet, script and SVG template are files in assets/. Only http(s) references become links.
 """
 from __future__ import annotations
 
-import re
-from functools import lru_cache
-from importlib import resources
-from urllib.parse import urlsplit
+import os
+from collections import Counter
 
+from harness.reporting import overview
+from harness.reporting.templating import ASSETS, asset, environment, inline, is_web_url  # noqa: F401
 from harness.reporting.report import write_text_atomic
 from harness.specs import statuses
 
@@ -22,14 +35,16 @@ SYMBOLS = {s.name: s.symbol for s in statuses.BY_NAME.values()}
 SHORT = {s.name: s.short for s in statuses.BY_NAME.values()}
 STATUS_RANK = statuses.RANK
 RED = statuses.RED
-DETAIL = statuses.RED + statuses.FAILED  # entries that open to show their stage, exception and message
+DETAIL = statuses.RED + statuses.FAILED  # entries whose stage the Markdown table names
+# the heat map's shape cue: one glyph per status, from fonts every desktop has (no emoji font needed)
+GLYPHS = {"fixed": "★", "crashed": "†", "timeout": "◔", "error": "!", "fail": "✗", "env-failed": "⊘",
+          "missing": "?", "base-incompatible": "≠", "expected-failure": "≈", "pass": "✓", "not-applicable": "–",
+          "skipped": "·"}
+CHART_NAME = "passrate.svg"  # written as <table base>-passrate.svg next to compat.md
 
 
 def _visible_rows(matrix: dict) -> tuple[list[dict], int]:
-    """Rows with at least one entry that is not skipped (a CPU-only matrix skips every CUDA cell)."""
-    rows = [r for r in matrix["cells"]
-            if any(e["status"] not in statuses.NOT_RUN for e in r["entries"].values())
-            or all(e["status"] in statuses.MATRIX_ONLY for e in r["entries"].values())]
+    rows = overview.visible_rows(matrix)
     return rows, len(matrix["cells"]) - len(rows)
 
 
@@ -62,12 +77,94 @@ def since_by_case(matrix: dict) -> list[tuple[str, list[tuple[str, str]]]]:
             for case, texts in sorted(grouped.items())]
 
 
-def markdown(matrix: dict, *, details: bool = True) -> str:
+# --- Markdown ---------------------------------------------------------------------------------------------------
+
+def _bar(rate: float | None, width: int = 20) -> str:
+    """A text bar: shows in every Markdown renderer, the GitHub job summary included."""
+    if rate is None:
+        return "(nothing observed)"
+    full = round(rate * width)
+    return "█" * full + "░" * (width - full)
+
+
+def _md_item(i: dict) -> str:
+    stage = f" at {i['stage']}" if i.get("stage") else ""
+    known = f" (known: {i['known_issue']})" if i.get("known_issue") else ""
+    reason = "" if i.get("known_issue") else (f": {_md_escape(i['reason'])[:140]}" if i.get("reason") else "")
+    return f"- {SYMBOLS.get(i['status'], '')} `{i['cell_id']}` {i['status']}{stage}{known}{reason}"
+
+
+def _md_strip(squares: list[str]) -> str:
+    return "".join(SYMBOLS.get(s, "?") if s not in ("skipped",) else "▫️" for s in squares)
+
+
+def markdown(matrix: dict, *, details: bool = True, cross: dict | None = None, previous: dict | None = None,
+             chart: str | None = None) -> str:
+    """compat.md. `chart`: the file name of the pass-rate SVG written next to it (an image link to it)."""
     envs = matrix["environments"]
     rows, hidden = _visible_rows(matrix)
+    nums = overview.numbers(matrix)
     out = ["# peft-compat matrix", "",
-           f"{len(matrix['cells'])} cells x {len(envs)} environments, generated {matrix['generated_at']}.", ""]
-    out += ["## Environments", "", "| env | peft | transformers | torch | state | summary |",
+           f"{len(matrix['cells'])} cells x {len(envs)} environments, generated {matrix['generated_at']}: "
+           f"{nums['entries']} entries, {nums['passed']} pass, {nums['failed']} fail "
+           f"({nums['red']} red).", ""]
+    out += ["## Findings", ""]
+    newest = overview.failing_on_newest(matrix)
+    if newest is not None:
+        out.append(f"**On the newest releases** (`{newest['env']}`: {newest['versions']}): {len(newest['items'])} of "
+                   f"{newest['ran']} observed cells fail, {newest['unexpected']} of them unexpected (red), "
+                   f"{newest['known']} known issues.")
+        out += [""] + [_md_item(i) for i in newest["items"][:overview.HEADLINE_LIMIT]]
+        if len(newest["items"]) > overview.HEADLINE_LIMIT:
+            out.append(f"- ... and {len(newest['items']) - overview.HEADLINE_LIMIT} more (see compat.html)")
+        out.append("")
+    changes = overview.changes_since(previous, matrix)
+    if changes is not None:
+        out.append(f"**Since the previous run** ({changes['previous_generated_at']}): "
+                   f"{len(changes['regressions'])} regression(s), {len(changes['fixes'])} fix(es), "
+                   f"{len(changes['lost'])} lost cell(s).")
+        out += [""] + [f"- regression: `{i['cell_id']}` @ `{i['env']}`: {i['old']} -> {i['new']}"
+                       for i in changes["regressions"][:overview.HEADLINE_LIMIT]]
+        out += [f"- fix: `{i['cell_id']}` @ `{i['env']}`: {i['old']} -> {i['new']}"
+                for i in changes["fixes"][:overview.HEADLINE_LIMIT]] + [""]
+    unreported = overview.unreported(matrix)
+    if unreported:
+        out += [f"**Known issues with no upstream report yet** ({len(unreported)}):", ""]
+        out += [f"- {_md_escape(k['reference'])} (stage {k['stage']}; seen in {len(k['seen_in'])} "
+                f"{'read(s)' if k.get('cross') else 'environment(s)'})"
+                for k in unreported] + [""]
+    trouble = overview.env_trouble(matrix)
+    if trouble:
+        out += [f"**Environments that did not run or did not finish** ({len(trouble)}):", ""]
+    for t in trouble:
+        out.append(f"- `{t['env']}`: {t['state']}: {_md_escape(t['reason'])[:200]}")
+    out += ["", "## Pass rate per release", ""]
+    if chart:
+        out += [f"![pass rate per release and per family]({chart})", ""]
+    rates = overview.pass_rates(matrix)
+    out += ["| env | peft / transformers | pass rate | passed / observed |", "| --- | --- | --- | --- |"]
+    for r in rates["envs"]:
+        pct = "-" if r["rate"] is None else f"{100 * r['rate']:.0f}%"
+        out.append(f"| `{r['env']}` | {r['label']} | `{_bar(r['rate'])}` {pct} | {r['passed']} / {r['observed']} |")
+    out += ["", "Per family (% of observed outcomes that pass, per environment in the order above):", "",
+            "| family | " + " | ".join(f"`{e['name']}`" for e in envs) + " |", "| --- |" + " --- |" * len(envs)]
+    for fam in rates["families"]:
+        out.append(f"| {fam['family']} | " + " | ".join("-" if r["rate"] is None else f"{100 * r['rate']:.0f}"
+                                                        for r in fam["rates"]) + " |")
+    out += ["", "## Since when", "", "One square per environment, oldest first ("
+            + ", ".join(f"{SYMBOLS[s]} {SHORT[s]}" for s in statuses.BY_NAME if s != "skipped") + ", ▫️ not run).", ""]
+    out += ["| seed scenario cell | across releases | first failing | first passing after | bisected |",
+            "| --- | --- | --- | --- | --- |"]
+    for s in overview.seed_strips(matrix):
+        out.append(f"| `{s['title']}` | {_md_strip(s['squares'])} | {_strip_env(s['first_failing'])} | "
+                   f"{_strip_env(s['first_passing'])} | {_md_escape('; '.join(e['text'] for e in s['edges']))} |")
+    issues = overview.issue_strips(matrix)
+    if issues:
+        out += ["", "| known issue | stage | versions | across releases | bisected |", "| --- | --- | --- | --- | --- |"]
+        for s in issues:
+            out.append(f"| {_md_escape(s['title'])} | {s['stage']} | {_md_escape(s['versions'])} | "
+                       f"{_md_strip(s['squares'])} | {_md_escape('; '.join(e['text'] for e in s['edges']))} |")
+    out += ["", "## Environments", "", "| env | peft | transformers | torch | state | summary |",
             "| --- | --- | --- | --- | --- | --- |"]
     for env in envs:
         v = env["versions"]
@@ -75,15 +172,20 @@ def markdown(matrix: dict, *, details: bool = True) -> str:
         state = env["state"] if env["state"] == "ok" else f"**{env['state']}**: {_md_escape(env['reason'])}"
         out.append(f"| `{env['name']}` | {v.get('peft') or '?'} | {v.get('transformers') or '?'} | "
                    f"{v.get('torch') or '?'} | {state} | {summary} |")
-    out += ["", "## Matrix", ""]
+    if cross is not None:
+        out += ["", "## Across versions", "",
+                f"{sum(s['total'] for s in cross['grid'])} reads (writer x reader) of {len(cross['cells'])} cells: "
+                "the grid and its findings are in cross.md and in compat.html.", ""]
+    out += ["", "## Matrix", "", "<details><summary>Every cell x environment "
+            f"({len(rows)} cells that ran somewhere)</summary>", ""]
     if hidden:
         out += [f"{hidden} cell(s) skipped in every environment (no CUDA) are left out.", ""]
     out.append("| cell | " + " | ".join(f"`{e['name']}`" for e in envs) + " |")
     out.append("| --- |" + " --- |" * len(envs))
     for row in rows:
         out.append(f"| `{row['cell_id']}` | " + " | ".join(_md_cell(row["entries"][e["name"]]) for e in envs) + " |")
-    out += ["", "Legend: " + ", ".join(f"{sym} {SHORT.get(s, s)}" for s, sym in SYMBOLS.items()), ""]
-    out += ["## Since when", "", "| case | cells | outcome along the versions |", "| --- | --- | --- |"]
+    out += ["", "Legend: " + ", ".join(f"{sym} {SHORT.get(s, s)}" for s, sym in SYMBOLS.items()), "", "</details>"]
+    out += ["", "## Since when, per cell", "", "| case | cells | outcome along the versions |", "| --- | --- | --- |"]
     for case, texts in since_by_case(matrix):
         for cells, text in texts:
             out.append(f"| `{case}` | {_md_escape(cells)} | {_md_escape(text)} |")
@@ -117,85 +219,183 @@ def markdown(matrix: dict, *, details: bool = True) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_markdown(matrix: dict, path: str) -> None:
-    write_text_atomic(path, markdown(matrix))
+def _strip_env(item: dict | None) -> str:
+    return "" if item is None else f"`{item['env']}` ({item['versions']})"
+
+
+def chart_path(md_path: str) -> str:
+    return os.path.splitext(md_path)[0] + "-" + CHART_NAME
+
+
+def write_markdown(matrix: dict, path: str, *, cross: dict | None = None, previous: dict | None = None) -> None:
+    """compat.md and, next to it, compat-passrate.svg (the Markdown links it by its file name)."""
+    from harness.reporting.charts import passrate_svg
+
+    svg = chart_path(path)
+    write_text_atomic(svg, passrate_svg(matrix))
+    write_text_atomic(path, markdown(matrix, cross=cross, previous=previous, chart=os.path.basename(svg)))
 
 
 # --- HTML ------------------------------------------------------------------------------------------------------
 # The page is assets/matrix.html.j2 (Jinja2, autoescape on) with assets/matrix.css and assets/matrix.js inlined:
-# one file that works offline. This module only prepares the values the template shows.
-
-ASSETS = "assets"
-WEB_URL = re.compile(r"https?://[^\s<>\"'`\\]+", re.IGNORECASE)
+# one file that works offline. This module only prepares the values the template shows (templating.py loads).
 
 
-def is_web_url(value) -> bool:
-    """Whether a reference may become a link: an http(s) URL, nothing else (no javascript:, data:, file:)."""
-    return isinstance(value, str) and WEB_URL.fullmatch(value) is not None and bool(urlsplit(value).netloc)
+def _trim(values: list) -> list:
+    while values and values[-1] in (None, [], ""):
+        values.pop()
+    return values
 
 
-def asset(name: str) -> str:
-    return resources.files("harness.reporting").joinpath(f"{ASSETS}/{name}").read_text(encoding="utf-8")
+class _Strings:
+    """The page's string table: a text repeated across environments (a warning, a key, a message) is stored
+    once; entries hold its index."""
+
+    def __init__(self):
+        self.items: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def __call__(self, text):
+        if text is None:
+            return None
+        if isinstance(text, list):
+            return [self(t) for t in text]
+        if text not in self._index:
+            self._index[text] = len(self.items)
+            self.items.append(text)
+        return self._index[text]
 
 
-def _inline(name: str, tag: str):
-    """An asset's text for a <style> or <script> element, which ends at the first closing tag in it."""
+def _page_entry(entry: dict, status_index: dict, row_tolerance, text: _Strings) -> list:
+    """One entry for the page's JSON, as a short array (trailing empties dropped; texts as indices into the
+    string table): [status, stage, max_abs_diff, exception_type, message, known_issue, observed_status,
+    missing_keys, unexpected_keys, warnings, tolerance (only where it differs from the row's), reason]."""
+    tol = entry.get("tolerance")
+    observed = entry.get("observed_status")
+    reason = entry.get("reason") if entry.get("reason") and not entry.get("message") \
+        and entry["status"] not in statuses.MATRIX_ONLY else None  # an env's reason is in "envs"
+    return _trim([status_index[entry["status"]], entry.get("stage"), entry.get("max_abs_diff"),
+                  text(entry.get("exception_type")), text(entry.get("message")), text(entry.get("known_issue")),
+                  observed if observed not in (None, entry["status"]) else None, text(entry.get("missing_keys")),
+                  text(entry.get("unexpected_keys")), text(entry.get("warnings") or None),
+                  tol if tol is not None and tol != row_tolerance else None, text(reason)])
+
+
+def page_data(matrix: dict, rows: list[dict], cross: dict | None) -> dict:
+    """What the panel shows, for the script: environments, statuses, rows by cell id, cross squares."""
+    names = list(statuses.BY_NAME)
+    index = {s: i for i, s in enumerate(names)}
+    since = {s["cell_id"]: s["text"] for s in matrix["since"]}
+    env_names = [e["name"] for e in matrix["environments"]]
+    text = _Strings()
+    data_rows = {}
+    for row in rows:
+        tols = Counter(e.get("tolerance") for e in row["entries"].values() if e.get("tolerance") is not None)
+        tol = tols.most_common(1)[0][0] if tols else None
+        data_rows[row["cell_id"]] = {
+            "case": row["case_id"], "family": row["family"], "adapter": row["adapter"], "method": row.get("method"),
+            "apply": row.get("apply"), "save": row.get("save_mode"), "load": row.get("load_mode"),
+            "device": row["device"], "dtype": row["dtype"], "refs": row.get("references") or [],
+            "since": since.get(row["cell_id"], ""), "tol": tol,
+            "e": [_page_entry(row["entries"][n], index, tol, text) for n in env_names]}
+    data = {"statuses": names, "glyphs": [GLYPHS[s] for s in names],
+            "envs": [{"name": e["name"], "state": e["state"], "reason": e.get("reason") or "",
+                      **{p: e["versions"].get(p) for p in ("peft", "transformers", "torch", "python")}}
+                     for e in matrix["environments"]],
+            "rows": data_rows, "strings": text.items, "cross": None}
+    if cross is not None:
+        # per square: "p" the indices (into "cells") of the reads that passed, "o" the others in full
+        cells = [crow["cell_id"] for crow in cross["cells"]]
+        squares: dict[str, dict] = {}
+        for k, crow in enumerate(cross["cells"]):
+            for e in crow["entries"]:
+                square = squares.setdefault(f"{e['writer']}|{e['reader']}", {"p": [], "o": []})
+                if e["status"] == "pass" and not e.get("dropped_config_fields"):
+                    square["p"].append(k)
+                else:
+                    square["o"].append(_trim([k, index[e["status"]], e.get("stage"), e.get("max_abs_diff"),
+                                              e.get("reason"), e.get("known_issue"), e.get("message"),
+                                              e.get("dropped_config_fields")]))
+        data["cross"] = {"cells": cells, "squares": squares}
+    return data
+
+
+def _worst(counts: dict) -> str:
+    shown = [s for s in counts if s != "skipped"] or list(counts)
+    return min(shown, key=lambda s: STATUS_RANK[s]) if shown else "skipped"
+
+
+def _json_for_script(value):
+    """Compact JSON for a <script type="application/json"> element: <, > and & escaped (as Jinja's tojson
+    does), so that no string in it can end the element."""
+    import json
+
     from markupsafe import Markup
 
-    text = asset(name)
-    if f"</{tag}" in text.lower():
-        raise ValueError(f"{ASSETS}/{name} contains '</{tag}': it would end the inline <{tag}> element")
-    return Markup(text)
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return Markup(text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+                  .replace("'", "\\u0027"))
 
 
-@lru_cache(maxsize=1)
-def _environment():
-    import jinja2
-
-    env = jinja2.Environment(loader=jinja2.FunctionLoader(lambda name: asset(name)), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                             keep_trailing_newline=True)
-    env.tests["web_url"] = is_web_url
-    return env
-
-
-def _html_entry(env: dict, entry: dict) -> dict:
-    status = entry["status"]
-    label = SHORT.get(status, status)  # the cell's colour carries the status; emoji fonts are not everywhere
-    if entry.get("stage") and status in DETAIL:
-        label += f" · {entry['stage']}"
-    detail = None
-    if status in DETAIL:
-        diff = entry.get("max_abs_diff")
-        detail = {"stage": entry.get("stage") or "-", "exception": entry.get("exception_type") or "-",
-                  "versions": _versions(env), "max_abs_diff": None if diff is None else f"{diff:.3g}",
-                  "known_issue": entry.get("known_issue"),
-                  "message": entry.get("message") or entry.get("reason") or ""}
-    return {"env": env["name"], "status": status, "title": entry.get("reason") or status, "label": label,
-            "detail": detail}
+def cross_model(cross: dict | None) -> dict | None:
+    if cross is None:
+        return None
+    names = [e["name"] for e in cross["environments"]]
+    squares = {(s["writer"], s["reader"]): s for s in cross["grid"]}
+    grid = []
+    for w in names:
+        line = []
+        for r in names:
+            s = squares.get((w, r))
+            if s is None:
+                line.append(None)
+                continue
+            worst = _worst(s["counts"])
+            bad = sum(n for st, n in s["counts"].items() if statuses.outcome(st) == "fail" or statuses.is_red(st))
+            line.append({"writer": w, "reader": r, "status": worst, "glyph": GLYPHS[worst], "total": s["total"],
+                         "bad": bad, "direction": s["direction"],
+                         "title": f"written by {w}, read by {r} ({s['direction']}): " + ", ".join(
+                             f"{n} {st}" for st, n in s["counts"].items())})
+        grid.append({"writer": w, "squares": line})
+    return {"envs": cross["environments"], "grid": grid, "findings": cross["findings"],
+            "reads": sum(s["total"] for s in cross["grid"]), "cells": len(cross["cells"])}
 
 
-def html_page(matrix: dict) -> str:
+def html_page(matrix: dict, *, cross: dict | None = None, previous: dict | None = None) -> str:
+    from harness.reporting.charts import passrate_svg
+    from markupsafe import Markup
+
     envs = matrix["environments"]
-    rows, hidden = _visible_rows(matrix)
-    since = {s["cell_id"]: s["text"] for s in matrix["since"]}
-    shown_statuses = sorted({e["status"] for r in rows for e in r["entries"].values()},
-                            key=lambda s: STATUS_RANK.get(s, 99))
-    return _environment().get_template("matrix.html.j2").render(
-        css=_inline("matrix.css", "style"), js=_inline("matrix.js", "script"), status_rank=STATUS_RANK,
-        n_cells=len(matrix["cells"]), generated_at=matrix["generated_at"], hidden=hidden,
-        envs=[{"name": env["name"], "versions": _versions(env), "state": env["state"], "reason": env["reason"] or "",
-               "failed": env["state"] != "ok", "peft": env["versions"].get("peft") or "?",
-               "transformers": env["versions"].get("transformers") or "?",
-               "summary": ", ".join(f"{n} {s}" for s, n in sorted(env["summary"].items()))} for env in envs],
-        families=sorted({r["family"] for r in rows}), adapters=sorted({r["adapter"] for r in rows}),
-        statuses=shown_statuses,
-        rows=[{"cell_id": row["cell_id"], "family": row["family"], "adapter": row["adapter"],
-               "since": since.get(row["cell_id"], ""), "references": list(row.get("references") or []),
-               "statuses": " ".join(sorted({e["status"] for e in row["entries"].values()})),
-               "entries": [_html_entry(env, row["entries"][env["name"]]) for env in envs]} for row in rows],
+    rows = overview.observed_rows(matrix)
+    hidden = len(matrix["cells"]) - len(rows)
+    env_names = [e["name"] for e in envs]
+    groups = overview.heat_groups(rows)
+    present = {e["status"] for r in rows for e in r["entries"].values()}
+    legend = [{"status": s, "glyph": GLYPHS[s], "short": SHORT[s], "meaning": statuses.BY_NAME[s].meaning,
+               "present": s in present} for s in statuses.BY_NAME]
+    return environment().get_template("matrix.html.j2").render(
+        css=inline("matrix.css", "style"), js=inline("matrix.js", "script"),
+        chart=Markup(passrate_svg(matrix)), generated_at=matrix["generated_at"], hidden=hidden,
+        numbers=overview.numbers(matrix), newest=overview.failing_on_newest(matrix),
+        changes=overview.changes_since(previous, matrix), unreported=overview.unreported(matrix),
+        trouble=overview.env_trouble(matrix), limit=overview.HEADLINE_LIMIT,
+        fixed=[(r["cell_id"], n) for r in rows for n in env_names if r["entries"][n]["status"] == "fixed"],
+        envs=[{"name": e["name"], "versions": _versions(e), "state": e["state"], "reason": e["reason"] or "",
+               "peft": e["versions"].get("peft") or "?", "transformers": e["versions"].get("transformers") or "?",
+               "summary": ", ".join(f"{n} {s}" for s, n in sorted(e["summary"].items()))} for e in envs],
+        groups=[{"family": g["family"], "method": g["method"],
+                 "rows": [{"cell_id": r["cell_id"], "label": r["cell_id"][len(r["family"]) + 1:]
+                           if r["cell_id"].startswith(r["family"] + "-") else r["cell_id"],
+                           "squares": [r["entries"][n]["status"] for n in env_names]} for r in g["rows"]]}
+                for g in groups],
+        glyphs=GLYPHS, legend=legend, families=sorted({r["family"] for r in rows}),
+        methods=sorted({g["method"] for g in groups}), n_rows=len(rows),
+        seeds=overview.seed_strips(matrix), issues=overview.issue_strips(matrix),
+        cross_issues=overview.cross_issues(matrix), cross=cross_model(cross),
+        data=_json_for_script(page_data(matrix, rows, cross)),
+        status_sets=_json_for_script({"red": list(statuses.RED), "failing": list(statuses.FAILED)}),
     )
 
 
-def write_html(matrix: dict, path: str) -> None:
-    write_text_atomic(path, html_page(matrix))
+def write_html(matrix: dict, path: str, *, cross: dict | None = None, previous: dict | None = None) -> None:
+    write_text_atomic(path, html_page(matrix, cross=cross, previous=previous))

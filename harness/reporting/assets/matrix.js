@@ -1,66 +1,199 @@
 (function(){
-  const table = document.getElementById('matrix');
-  const tbody = table.tBodies[0];
-  const rows = Array.from(tbody.rows);
-  const rank = JSON.parse(document.getElementById('status-rank').textContent);
-  const ctl = {family: document.getElementById('f-family'), adapter: document.getElementById('f-adapter'),
-               status: document.getElementById('f-status'), q: document.getElementById('f-q')};
-  let state = {family: '', adapter: '', status: '', q: '', sort: '', dir: 'asc'};
-  function readHash(){
-    const p = new URLSearchParams(location.hash.replace(/^#/, ''));
-    for (const k of Object.keys(state)) { if (p.has(k)) state[k] = p.get(k); }
-    if (state.dir !== 'desc') state.dir = 'asc';
-    for (const k of ['family','adapter','status','q']) ctl[k].value = state[k];
+  'use strict';
+  // compat.html's script: filters for the heat map, the detail panel, and the URL fragment that holds both
+  // (#family=..&method=..&status=..&env=..&q=.. for the filters; #cell=<cell id>&at=<env> for an entry;
+  // #cell=<cell id> for a cell across environments; #w=<writer>&r=<reader> for a square of the cross grid).
+  const heat = document.getElementById('heat');
+  const panel = document.getElementById('panel');
+  const body = document.getElementById('panel-body');
+  const ctl = {family: document.getElementById('f-family'), method: document.getElementById('f-method'),
+               status: document.getElementById('f-status'), env: document.getElementById('f-env'),
+               q: document.getElementById('f-q')};
+  const FILTERS = ['family', 'method', 'status', 'env', 'q'];
+  const envNames = Array.from(heat.tHead.rows[0].cells).slice(1).map(th => th.textContent);
+  const groups = Array.from(heat.tBodies).map(tb => ({tb, family: tb.dataset.family, method: tb.dataset.method,
+    rows: Array.from(tb.rows).slice(1).map(tr => ({tr, id: tr.id, lower: tr.id.toLowerCase(),
+      st: Array.from(tr.cells).slice(1).map(td => td.className.slice(3))}))}));
+  let data = null;
+  function D(){ if (!data) data = JSON.parse(document.getElementById('page-data').textContent); return data; }
+  let state = {};
+
+  function esc(s){ return String(s == null ? '' : s).replace(/[&<>"']/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}[c])); }
+  function isWeb(u){ return typeof u === 'string' && /^https?:\/\/[^\s<>"'`\\]+$/i.test(u) && /^https?:\/\/[^\/?#]+/i.test(u); }
+  function ref(u){ return isWeb(u) ? '<a href="' + esc(u) + '">' + esc(u) + '</a>' : esc(u); }
+  function q(s){ return "'" + String(s).replace(/'/g, "'\\''") + "'"; }
+  function safeName(id){ return id.replace(/[^A-Za-z0-9_.-]+/g, '_').replace(/^_+|_+$/g, ''); }
+  function fmt(x){ return x == null ? '–' : x === 0 ? '0' : (Math.abs(x) >= 1e-3 && Math.abs(x) < 1e4 ? String(+x.toPrecision(3)) : x.toExponential(2)); }
+  function hashOf(obj){ const p = new URLSearchParams(); for (const [k, v] of Object.entries(obj)) if (v) p.set(k, v); return p.toString(); }
+
+  // --- filters ------------------------------------------------------------------------------------------------
+  const sets = JSON.parse(document.getElementById('status-sets').textContent);  // from harness/specs/statuses.py
+  const RED = new Set(sets.red), FAILING = new Set(sets.failing);
+  function statusOk(st){
+    const want = state.status;
+    if (!want) return true;
+    const idx = state.env ? envNames.indexOf(state.env) : -1;
+    const list = idx >= 0 ? [st[idx]] : st;
+    if (want === 'red') return list.some(s => RED.has(s));
+    if (want === 'failing') return list.some(s => FAILING.has(s));
+    return list.includes(want);
   }
-  function writeHash(){
-    const p = new URLSearchParams();
-    for (const [k,v] of Object.entries(state)) { if (v && !(k === 'dir' && v === 'asc')) p.set(k, v); }
-    const h = p.toString();
-    history.replaceState(null, '', h ? '#' + h : location.pathname + location.search);
-  }
-  function key(row, col){
-    if (col.startsWith('env:')) {
-      const td = row.querySelector('td[data-env="' + CSS.escape(col.slice(4)) + '"]');
-      const s = td ? td.dataset.status : '';
-      return [s in rank ? rank[s] : 99, row.dataset.cell];
-    }
-    return [row.dataset[col] || '', row.dataset.cell];
-  }
-  function cmp(a, b){ for (let i = 0; i < a.length; i++){ if (a[i] < b[i]) return -1; if (a[i] > b[i]) return 1; } return 0; }
-  function apply(){
-    const q = state.q.toLowerCase();
-    let shown = 0;
-    for (const row of rows){
-      const ok = (!state.family || row.dataset.family === state.family)
-        && (!state.adapter || row.dataset.adapter === state.adapter)
-        && (!state.status || row.dataset.statuses.split(' ').includes(state.status))
-        && (!q || row.textContent.toLowerCase().includes(q));
-      row.hidden = !ok; if (ok) shown++;
-    }
-    let ordered = rows.slice();
-    if (state.sort){
-      ordered.sort((a, b) => cmp(key(a, state.sort), key(b, state.sort)));
-      if (state.dir === 'desc') ordered.reverse();
-    }
-    for (const row of ordered) tbody.appendChild(row);
-    for (const th of table.tHead.rows[0].cells){
-      th.setAttribute('aria-sort', th.dataset.col === state.sort ? (state.dir === 'desc' ? 'descending' : 'ascending') : 'none');
+  function applyFilters(){
+    const needle = (state.q || '').toLowerCase();
+    let shown = 0, total = 0;
+    for (const g of groups){
+      const gOk = (!state.family || g.family === state.family) && (!state.method || g.method === state.method);
+      let any = false;
+      for (const r of g.rows){
+        total++;
+        const ok = gOk && (!needle || r.lower.includes(needle)) && statusOk(r.st);
+        if (r.tr.hidden === ok) r.tr.hidden = !ok;
+        if (ok){ any = true; shown++; }
+      }
+      g.tb.hidden = !any;
     }
     const count = document.getElementById('count');
-    count.textContent = shown + ' of ' + rows.length + ' rows shown';
+    count.textContent = shown + ' of ' + total + ' cells shown';
     count.dataset.shown = String(shown);
-    document.body.dataset.ready = 'yes';
-    writeHash();
   }
-  for (const k of ['family','adapter','status']) ctl[k].addEventListener('change', () => { state[k] = ctl[k].value; apply(); });
-  ctl.q.addEventListener('input', () => { state.q = ctl.q.value; apply(); });
-  for (const th of table.tHead.rows[0].cells){
-    th.addEventListener('click', () => {
-      const col = th.dataset.col;
-      if (state.sort === col) state.dir = state.dir === 'asc' ? 'desc' : 'asc'; else { state.sort = col; state.dir = 'asc'; }
-      apply();
-    });
+
+  // --- the panel ----------------------------------------------------------------------------------------------
+  function envLine(e){ return esc(e.name) + ' <span class="muted">(peft ' + esc(e.peft || '?') + ', transformers ' + esc(e.transformers || '?') + ', torch ' + esc(e.torch || '?') + (e.python ? ', python ' + esc(e.python) : '') + ')</span>'; }
+  function list(items){ return items && items.length ? '<ul>' + items.map(x => '<li><code>' + esc(x) + '</code></li>').join('') + '</ul>' : '<span class="muted">none</span>'; }
+  function dl(pairs){ return '<dl>' + pairs.filter(p => p).map(([k, v]) => '<dt>' + k + '</dt><dd>' + v + '</dd>').join('') + '</dl>'; }
+  function badge(s){ const d = D(); return '<span class="badge st-' + esc(s) + '">' + esc(d.glyphs[d.statuses.indexOf(s)]) + ' ' + esc(s) + '</span>'; }
+  function reproduce(cellId, env){
+    const e = D().envs.find(x => x.name === env) || {};
+    const k = q(cellId);
+    const redirect = 'PEFT_COMPAT_REPORTS=repro PEFT_COMPAT_ARTIFACTS=repro/artifacts';
+    return '<h4>Reproduce</h4><pre class="cmd" data-cmd="reproduce">' + esc(
+      '# the same cell in the same environment (reports go to repro/, not over reports/' + env + '.json)\n' +
+      redirect + ' tox -e ' + env + ' -- -k ' + k + '\n' +
+      '# keep the checkpoint, record.json and a standalone repro.py (torch, transformers, peft, safetensors only)\n' +
+      redirect + ' tox -e ' + env + ' -- -k ' + k + ' --keep-failed kept/\n' +
+      '.tox/' + env + '/bin/python kept/' + safeName(cellId) + '/repro.py\n' +
+      '# without tox, in a fresh virtual environment\n' +
+      'pip install -c constraints.txt -e . ' + q('peft==' + (e.peft || '?')) + ' ' + q('transformers==' + (e.transformers || '?')) + '\n' +
+      'python -m harness run -k ' + k + ' --keep-failed kept/ --out kept/report.json') + '</pre>';
   }
-  window.addEventListener('hashchange', () => { readHash(); apply(); });
-  readHash(); apply();
+  function rowStrip(cellId, row, at){
+    const d = D();
+    return '<p class="strip">' + row.e.map((x, i) => {
+      const s = d.statuses[x[0]], env = d.envs[i].name;
+      return '<a class="st-' + esc(s) + '" style="display:inline-block;width:15px;text-align:center;text-decoration:none' + (env === at ? ';outline:2px solid #0969da' : '') + '" title="' + esc(env + ': ' + s) + '" href="#' + esc(hashOf({cell: cellId, at: env})) + '">' + esc(d.glyphs[x[0]]) + '</a>';
+    }).join('') + '</p>';
+  }
+  function entryPanel(cellId, env){
+    const d = D(), row = d.rows[cellId];
+    if (!row) return '<p>No cell <code>' + esc(cellId) + '</code> in this table.</p>';
+    const i = d.envs.findIndex(e => e.name === env);
+    if (i < 0) return cellPanel(cellId);
+    const S = k => k == null ? null : (Array.isArray(k) ? k.map(S) : d.strings[k]);  // the string table
+    const x = row.e[i].map((v, j) => [3, 4, 5, 7, 8, 9, 11].includes(j) ? S(v) : v), s = d.statuses[x[0]];
+    const tol = x[10] != null ? x[10] : row.tol;
+    let diff = fmt(x[2]);
+    if (x[2] != null && tol != null) diff += (x[2] <= tol ? ' ≤ ' : ' > ') + 'tolerance ' + fmt(tol);
+    else if (tol != null) diff += ' (tolerance ' + fmt(tol) + ')';
+    const link = '#' + hashOf({cell: cellId, at: env});
+    return '<h3 id="panel-title"><code>' + esc(cellId) + '</code></h3>' +
+      '<p>at ' + envLine(d.envs[i]) + ' · <a id="permalink" href="' + esc(link) + '">permalink</a></p>' +
+      rowStrip(cellId, row, env) +
+      dl([['status', badge(s) + (x[6] != null ? ' <span class="muted">observed: ' + esc(d.statuses[x[6]] || x[6]) + '</span>' : '')],
+          ['stage', esc(x[1] || '–')], ['exception', '<code>' + esc(x[3] || '–') + '</code>'],
+          x[4] || x[11] ? ['message', '<pre>' + esc(x[4] || x[11]) + '</pre>'] : null,
+          ['max abs diff', esc(diff)],
+          x[5] ? ['known issue', ref(x[5])] : null,
+          ['missing keys', x[7] ? list(x[7]) : '<span class="muted">not recorded</span>'],
+          ['unexpected keys', x[8] ? list(x[8]) : '<span class="muted">not recorded</span>'],
+          ['warnings', list(x[9] || [])],
+          ['case', '<code>' + esc(row.case) + '</code>: ' + esc(row.family) + ', ' + esc(row.adapter) + ' (' + esc(row.apply || '?') + '), save ' + esc(row.save || '?') + ' → load ' + esc(row.load || '?') + ', ' + esc(row.device) + ' ' + esc(row.dtype)],
+          row.refs.length ? ['references', row.refs.map(ref).join('<br>')] : null,
+          ['since when', esc(row.since || '–')]]) +
+      reproduce(cellId, env);
+  }
+  function cellPanel(cellId){
+    const d = D(), row = d.rows[cellId];
+    if (!row) return '<p>No cell <code>' + esc(cellId) + '</code> in this table.</p>';
+    return '<h3 id="panel-title"><code>' + esc(cellId) + '</code></h3><p>Across the environments (oldest first); open one:</p>' +
+      rowStrip(cellId, row, null) + dl([['since when', esc(row.since || '–')],
+        ['case', '<code>' + esc(row.case) + '</code>: ' + esc(row.family) + ', ' + esc(row.adapter) + ', save ' + esc(row.save || '?') + ' → load ' + esc(row.load || '?')]]) +
+      '<ul>' + row.e.map((x, i) => '<li><a href="#' + esc(hashOf({cell: cellId, at: d.envs[i].name})) + '">' + esc(d.envs[i].name) + '</a>: ' + badge(d.statuses[x[0]]) + (x[1] ? ' at ' + esc(x[1]) : '') + '</li>').join('') + '</ul>';
+  }
+  function crossPanel(w, r){
+    const d = D();
+    const square = d.cross && d.cross.squares[w + '|' + r];
+    const items = square && square.o.concat(square.p.map(k => [k, d.statuses.indexOf('pass')]))
+      .map(x => [d.cross.cells[x[0]], ...x.slice(1)]);
+    if (!items) return '<p>No reads of <code>' + esc(w) + '</code> by <code>' + esc(r) + '</code>.</p>';
+    const sorted = items.slice().sort((a, b) => a[1] - b[1] || (a[0] < b[0] ? -1 : 1));
+    const bad = sorted.find(x => FAILING.has(d.statuses[x[1]]) || RED.has(d.statuses[x[1]]));
+    const cell = bad ? bad[0] : sorted[0][0];
+    const redirect = 'PEFT_COMPAT_REPORTS=repro PEFT_COMPAT_ARTIFACTS=repro/artifacts';
+    return '<h3 id="panel-title">written by <code>' + esc(w) + '</code>, read by <code>' + esc(r) + '</code></h3>' +
+      '<p>' + items.length + ' read(s) · <a id="permalink" href="#' + esc(hashOf({w, r})) + '">permalink</a></p><ul>' +
+      sorted.map(x => '<li>' + badge(d.statuses[x[1]]) + ' <a href="#' + esc(hashOf({cell: x[0], at: r})) + '"><code>' + esc(x[0]) + '</code></a>' +
+        (x[2] ? ' at ' + esc(x[2]) : '') + (x[3] != null ? ' <span class="muted">max diff ' + esc(fmt(x[3])) + '</span>' : '') +
+        (x[5] ? ' <span class="muted">known: ' + ref(x[5]) + '</span>' : (x[4] ? ' <span class="muted">' + esc(x[4]) + '</span>' : '')) +
+        (x[7] && x[7].length ? ' <span class="muted">dropped config fields: ' + esc(x[7].join(', ')) + '</span>' : '') + '</li>').join('') + '</ul>' +
+      '<h4>Reproduce one read</h4><pre class="cmd">' + esc(
+        redirect + ' tox -e ' + w + ' -- -k ' + q(cell) + '\n' + redirect + ' tox -e ' + r + '-read -- --writer ' + w + ' -k ' + q(cell)) + '</pre>';
+  }
+  let selected = null;
+  function select(td, tr){
+    if (selected) for (const el of selected) el.classList.remove('sel');
+    selected = [td, tr].filter(Boolean);
+    for (const el of selected) el.classList.add('sel');
+  }
+  function openPanel(){
+    let html = null, td = null, tr = null;
+    if (state.cell){
+      tr = document.getElementById(state.cell);
+      if (state.at){
+        html = entryPanel(state.cell, state.at);
+        const i = envNames.indexOf(state.at);
+        if (tr && i >= 0) td = tr.cells[i + 1];
+      } else html = cellPanel(state.cell);
+    } else if (state.w && state.r) html = crossPanel(state.w, state.r);
+    select(td, tr);
+    if (html === null){ panel.hidden = true; body.innerHTML = ''; return; }
+    body.innerHTML = html;
+    panel.hidden = false;
+    panel.dataset.cell = state.cell || '';
+    panel.dataset.at = state.at || '';
+    if (tr){
+      if (tr.hidden){ tr.hidden = false; tr.parentNode.hidden = false; }
+      (td || tr).scrollIntoView({block: 'center', inline: 'center'});
+    }
+  }
+
+  // --- state <-> URL fragment ---------------------------------------------------------------------------------
+  function readHash(){
+    const raw = location.hash.replace(/^#/, '');
+    const p = new URLSearchParams(raw);
+    state = {};
+    for (const k of [...FILTERS, 'cell', 'at', 'w', 'r']) if (p.get(k)) state[k] = p.get(k);
+    if (raw && !raw.includes('=')){ const id = decodeURIComponent(raw); if (D().rows[id]) state.cell = id; }
+    for (const k of FILTERS) ctl[k].value = state[k] || '';
+  }
+  function writeHash(){
+    const h = hashOf(Object.fromEntries([...FILTERS, 'cell', 'at', 'w', 'r'].map(k => [k, state[k]])));
+    history.replaceState(null, '', h ? '#' + h : location.pathname + location.search);
+  }
+  function render(){ applyFilters(); openPanel(); }
+  for (const k of FILTERS){
+    ctl[k].addEventListener(k === 'q' ? 'input' : 'change', () => { state[k] = ctl[k].value; writeHash(); applyFilters(); });
+  }
+  heat.addEventListener('click', ev => {
+    const td = ev.target.closest('td');
+    if (!td || !heat.contains(td)) return;
+    const tr = td.parentNode;
+    Object.assign(state, {cell: tr.id, at: envNames[td.cellIndex - 1], w: '', r: ''});
+    writeHash(); openPanel();
+  });
+  document.getElementById('panel-close').addEventListener('click', () => {
+    Object.assign(state, {cell: '', at: '', w: '', r: ''}); writeHash(); openPanel();
+  });
+  window.addEventListener('hashchange', () => { readHash(); render(); });
+  readHash(); render();
+  document.body.dataset.ready = 'yes';
 })();

@@ -1,0 +1,220 @@
+"""compat.html in a real headless Chromium (DevTools protocol over a pipe, tests/chromium.py): the overview's
+numbers are the JSON's, the filters show the rows the JSON says, a permalink opens its cell's panel with the
+record and the commands that reproduce it, a square of the writer x reader grid opens the reads behind it.
+Each test keeps a screenshot in its tmp_path (printed: run with -s to see where)."""
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from collections import Counter
+from urllib.parse import quote
+
+import pytest
+from chromium import CHROMIUM, Browser
+from matrix_fixtures import CASES, report, write
+from page_fixtures import cross_table
+
+from harness.reporting import merge as hmerge
+from harness.reporting.diff import compare
+from harness.reporting.render import GLYPHS, chart_path, html_page, markdown
+from harness.running.repro import safe_name
+from harness.specs import statuses
+
+BERT, VIT, IA3 = (c[0] for c in CASES)
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH: the page is tested in a real "
+                                    "headless browser (apt-get install -y chromium)")
+ENVS = [("peft012-tf445", "0.12.0", "4.45.2"), ("peft014-tf447", "0.14.0", "4.47.1"),
+        ("peft021-tf523", "0.21.2", "5.23.0")]
+
+
+def _reports(folder, by_env):
+    for (name, peft, tf), statuses_ in zip(ENVS, by_env):
+        write(folder / f"{name}.json", report(name, peft, tf, statuses_))
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A previous run, and the current one (regressions of BERT on the two newest pairs, a fix of ViT on
+    peft014), one environment that could not be set up, and a cross-version table beside it."""
+    old = tmp_path_factory.mktemp("previous")
+    _reports(old, [{BERT: "pass", VIT: "error", IA3: "not-applicable"}, {BERT: "pass", VIT: "fail", IA3: "pass"},
+                   {BERT: "pass", VIT: "expected-failure", IA3: "pass"}])
+    previous = hmerge.merge_files([str(old)], str(old / "compat.json"), render=False)
+    d = tmp_path_factory.mktemp("reports")
+    _reports(d, [{BERT: "pass", VIT: "error", IA3: "not-applicable"}, {BERT: "fail", VIT: "pass", IA3: "pass"},
+                 {BERT: "error", VIT: "expected-failure", IA3: "pass"}])
+    hmerge.write_stub(str(d / "peft07-tf436.json"), "peft07-tf436", "no wheel for tokenizers")
+    matrix = hmerge.merge_files([str(d)], str(d / "compat.json"), previous=str(old / "compat.json"))
+    cross = cross_table(n_cells=6)
+    (d / "compat.html").write_text(html_page(matrix, cross=cross, previous=previous))
+    return {"dir": d, "matrix": matrix, "previous": previous, "previous_path": old / "compat.json", "cross": cross,
+            "html": d / "compat.html"}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("no chromium on PATH")
+    with Browser() as b:
+        yield b
+
+
+def visible_rows(page) -> list[str]:
+    return page.eval("Array.from(document.querySelectorAll('#heat tbody:not([hidden]) tr[id]:not([hidden])'))"
+                     ".map(tr => tr.id)")
+
+
+def shot(page, tmp_path, name: str) -> str:
+    path = page.screenshot(tmp_path / name)
+    print(f"screenshot: {path}")
+    return path
+
+
+# --- without a browser ------------------------------------------------------------------------------------------
+
+def test_page_is_one_self_contained_file(site):
+    text = site["html"].read_text()
+    assert "<script src" not in text and "<link" not in text and "@import" not in text and "url(" not in text
+    assert "<svg" in text  # the chart is inline
+    # every environment, the env that did not install with its reason, every visible cell has a row anchor
+    assert "no wheel for tokenizers" in text
+    for case in (BERT, VIT, IA3):
+        assert f'<tr id="{case}[cpu-fp32]">' in text
+
+
+def test_markdown_leads_with_findings_and_links_its_chart(site, tmp_path):
+    matrix = site["matrix"]
+    md = (site["dir"] / "compat.md").read_text()
+    assert md.index("## Findings") < md.index("## Pass rate per release") < md.index("## Matrix")
+    assert "**On the newest releases** (`peft021-tf523`" in md
+    assert f"`{BERT}[cpu-fp32]` error at load" in md
+    assert "**Since the previous run**" in md and "2 regression(s), 1 fix(es)" in md
+    svg_path = chart_path(str(site["dir"] / "compat.md"))
+    assert f"![pass rate per release and per family]({svg_path.rsplit('/', 1)[-1]})" in md
+    svg = ET.parse(svg_path).getroot()  # a well-formed standalone SVG: one bar per environment
+    ns = {"s": "http://www.w3.org/2000/svg"}
+    titles = [t.text for t in svg.iterfind(".//s:g/s:title", ns)]
+    assert sum(1 for t in titles if " observed outcomes pass" in t) == len(matrix["environments"])
+    assert "`peft014-tf447` | 0.14.0 / 4.47.1 | `" in md and "67%" in md  # 2 of 3 pass, also as a text bar
+    assert markdown(matrix, previous=None).count("Since the previous run") == 0
+
+
+def test_every_status_has_its_own_glyph():
+    assert set(GLYPHS) == set(statuses.BY_NAME)
+    assert len(set(GLYPHS.values())) == len(GLYPHS)  # the shape tells the status without the colour
+
+
+# --- in Chromium -----------------------------------------------------------------------------------------------
+
+@needs_chromium
+def test_overview_numbers_are_the_json_numbers(site, browser, tmp_path):
+    matrix = json.loads((site["dir"] / "compat.json").read_text())
+    page = browser.open(site["html"].as_uri())
+    shown = page.eval("Object.fromEntries(Array.from(document.querySelectorAll('[data-n]'))"
+                      ".map(e => [e.dataset.n, +e.textContent]))")
+    by_status = page.eval("Object.fromEntries(Array.from(document.querySelectorAll('[data-status-count]'))"
+                          ".map(e => [e.dataset.statusCount, +e.textContent]))")
+    shot(page, tmp_path, "overview.png")
+    entries = Counter(e["status"] for row in matrix["cells"] for e in row["entries"].values())
+    assert by_status == dict(entries)
+    assert shown["cells"] == len(matrix["cells"]) == 3
+    assert shown["environments"] == len(matrix["environments"]) == 4
+    assert shown["entries"] == sum(entries.values()) == 12
+    assert shown["red"] == sum(n for s, n in entries.items() if statuses.is_red(s))
+    assert shown["passed"] == entries["pass"]
+    newest = [row for row in matrix["cells"] if statuses.outcome(row["entries"]["peft021-tf523"]["status"]) == "fail"]
+    assert shown["newest-failing"] == len(newest) == 2
+    assert shown["newest-unexpected"] == sum(statuses.is_red(r["entries"]["peft021-tf523"]["status"]) for r in newest)
+    result = compare(site["previous"], matrix)
+    assert shown["regressions"] == len(result["regressions"]) == 2
+    assert shown["fixes"] == len(result["fixes"]) == 1
+
+
+def _expected(matrix, keep):
+    return sorted(r["cell_id"] for r in matrix["cells"] if keep(r))
+
+
+@needs_chromium
+@pytest.mark.parametrize("fragment, keep", [
+    ("", lambda r: True),
+    ("family=vit_224", lambda r: r["family"] == "vit_224"),
+    ("method=ia3", lambda r: r["method"] == "ia3"),
+    ("status=fail", lambda r: any(e["status"] == "fail" for e in r["entries"].values())),
+    ("status=not-applicable", lambda r: any(e["status"] == "not-applicable" for e in r["entries"].values())),
+    ("status=red&env=peft021-tf523", lambda r: statuses.is_red(r["entries"]["peft021-tf523"]["status"])),
+    ("status=failing&env=peft021-tf523",
+     lambda r: statuses.outcome(r["entries"]["peft021-tf523"]["status"]) == "fail"),
+    ("status=env-failed", lambda r: True),
+    ("family=bert_classifier&status=pass", lambda r: r["family"] == "bert_classifier"),
+    ("family=vit_224&status=not-applicable", lambda r: False),
+    ("q=posemb", lambda r: "posemb" in r["cell_id"]),
+])
+def test_filters_show_what_the_json_says(site, browser, fragment, keep):
+    matrix = site["matrix"]
+    page = browser.open(site["html"].as_uri() + (f"#{fragment}" if fragment else ""))
+    expected = _expected(matrix, keep)
+    assert sorted(visible_rows(page)) == expected
+    assert page.eval("document.getElementById('count').dataset.shown") == str(len(expected))
+
+
+@needs_chromium
+def test_a_filter_chosen_in_the_page_goes_into_the_url(site, browser):
+    page = browser.open(site["html"].as_uri())
+    page.eval("const s = document.getElementById('f-status'); s.value = 'fail'; s.dispatchEvent(new Event('change'))")
+    assert page.eval("location.hash") == "#status=fail"
+    assert visible_rows(page) == [f"{BERT}[cpu-fp32]"]
+
+
+@needs_chromium
+def test_a_permalink_opens_its_cell_with_the_record_and_the_commands(site, browser, tmp_path):
+    cell, env = f"{BERT}[cpu-fp32]", "peft021-tf523"
+    page = browser.open(site["html"].as_uri() + f"#cell={quote(cell)}&at={env}")
+    shot(page, tmp_path, "permalink.png")
+    assert page.eval("document.getElementById('panel').hidden") is False
+    assert page.eval("document.getElementById('panel-title').textContent") == cell
+    text = page.eval("document.getElementById('panel-body').innerText")
+    entry = site["matrix"]["cells"][0]["entries"][env]
+    assert entry["status"] == "error" and entry["stage"] == "load"
+    for expected in ("error", "load", "builtins.KeyError", entry["message"], "tolerance 1.00e-5",
+                     "peft 0.21.2, transformers 5.23.0, torch 2.13.0+cpu",
+                     f"tox -e {env} -- -k '{cell}'", f"--keep-failed kept/",
+                     f".tox/{env}/bin/python kept/{safe_name(cell)}/repro.py",
+                     "'peft==0.21.2' 'transformers==5.23.0'"):
+        assert expected in text, expected
+    # the square of the heat map is marked, and a click elsewhere writes that entry's permalink
+    assert page.eval(f"document.getElementById({json.dumps(cell)}).cells[{1 + 3}].classList.contains('sel')")
+    page.eval(f"document.getElementById({json.dumps(VIT + '[cpu-fp32]')}).cells[1].click()")
+    assert page.eval("location.hash") == f"#cell={quote(VIT + '[cpu-fp32]', safe='')}&at=peft07-tf436"
+    assert page.eval("document.getElementById('panel-title').textContent") == f"{VIT}[cpu-fp32]"
+
+
+@needs_chromium
+def test_a_square_of_the_cross_grid_opens_the_reads_behind_it(site, browser, tmp_path):
+    cross = site["cross"]
+    w, r = "peft021-tf523", "peft09-tf436"
+    page = browser.open(site["html"].as_uri() + "#cross")
+    page.click(f'#crossgrid td[data-w="{w}"][data-r="{r}"] a')
+    shot(page, tmp_path, "cross.png")
+    assert page.eval("location.hash") == f"#w={w}&r={r}"
+    listed = page.eval("Array.from(document.querySelectorAll('#panel-body li')).map(li => li.innerText)")
+    behind = [(row["cell_id"], e["status"]) for row in cross["cells"] for e in row["entries"]
+              if e["writer"] == w and e["reader"] == r]
+    assert len(listed) == len(behind) == 6
+    for cell_id, status in behind:
+        assert any(cell_id in item and status in item for item in listed), (cell_id, status)
+    assert any(s != "pass" for _, s in behind)  # the fixture's old reader fails some reads of a newer writer
+
+
+def test_merge_previous_flag_and_a_bad_previous_table(site, tmp_path, capsys):
+    out = tmp_path / "compat.json"
+    previous = site["previous_path"]
+    assert hmerge.main([str(site["dir"]), "--out", str(out), "--previous", str(previous)]) == 0
+    assert "**Since the previous run**" in (tmp_path / "compat.md").read_text()
+    assert 'data-n="regressions">2<' in (tmp_path / "compat.html").read_text()
+    bad = tmp_path / "not-a-table.json"
+    bad.write_text('{"kind": "something else"}')
+    other = tmp_path / "other" / "compat.json"
+    assert hmerge.main([str(site["dir"]), "--out", str(other), "--previous", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not-a-table.json" in err[0] and "not a peft-compat matrix" in err[0]
+    assert not other.exists()  # refused before anything is written

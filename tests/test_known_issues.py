@@ -146,6 +146,13 @@ def test_every_range_edge_of_the_shipped_table_was_bisected():
                     edge.kind == "ends" and failing <= bound < passing
             if not any(edge.package == package and edge.side == side and straddles(edge) for edge in issue.bisected):
                 missing.append(f"{issue.cases[0]} ({issue.reference}): {side or 'versions'} {package}{op}{bound}")
+        # a release an entry's reads cross (`across`): pinned on both sides, the writer's and the reader's
+        for package, bounds in (issue.across or {}).items():
+            for bound in bounds:
+                for side in ("writer", "reader"):
+                    if not any(edge.package == package and edge.side == side
+                               and Version(edge.older) < bound <= Version(edge.newer) for edge in issue.bisected):
+                        missing.append(f"{issue.cases[0]} ({issue.reference}): {side} across {package} {bound}")
     assert not missing, "range edges without a bisected record:\n" + "\n".join(missing)
 
 
@@ -220,3 +227,92 @@ def test_a_fix_edge_and_an_unknown_signature():
     assert (issue.bisected[0].kind, issue.bisected[0].failing, issue.bisected[0].passing) == ("ends", "0.13.2", "0.14.0")
     with pytest.raises(KnownIssuesError, match="signature 'dtype' is not one of dtype-mismatch"):
         parse_known_issues({"issue": [{"cases": ["c"], "stage": "save", "reference": "r", "signature": "dtype"}]})
+
+
+# --- relations (`when`) and failures carried from the writer ----------------------------------------------------
+
+def cross_record(status="error", stage="load", msg="LoraConfig.__init__() got an unexpected keyword argument 'x'",
+                 exc="builtins.TypeError", dropped=("x",), writer_verdict=None, reader_peft="0.9.0"):
+    out = record(status=status, stage=stage, exc=exc, msg=msg,
+                 versions={"peft": reader_peft, "transformers": "4.38.2", "torch": "2.13.0+cpu"})
+    out["writer"] = {"peft": "0.21.2", "transformers": "5.23.0",
+                     "verdict": writer_verdict or {"status": "pass", "stage": None}}
+    out["dropped_config_fields"] = list(dropped) if dropped is not None else None
+    return out
+
+
+def unknown_fields_entry(**extra):
+    entry = dict(stage="load", writer={}, reader={"peft": "<0.14"}, when=["config-fields-unknown-to-reader"],
+                 signature="unknown-config-field")
+    return issues(**{**entry, **extra})
+
+
+def test_a_relation_limits_a_cross_entry_to_the_reads_where_it_holds():
+    table = unknown_fields_entry()
+    rejected = classify(cross_record(), table)
+    assert rejected["status"] == "expected-failure" and rejected["known_issue"]["when"] == [
+        "config-fields-unknown-to-reader"]
+    # the same reader on a config it knows: the relation does not hold, so its pass is no "fix" ...
+    assert classify(cross_record(status="pass", stage=None, msg=None, exc=None, dropped=()), table)["status"] == "pass"
+    # ... and another failure there is not explained by the entry
+    assert classify(cross_record(dropped=()), table)["status"] == "error"
+    # an old reader that reads a config with unknown fields after all: the entry no longer fails, loudly
+    fixed = classify(cross_record(status="pass", stage=None, msg=None, exc=None), table)
+    assert fixed["status"] == "fixed" and "when config-fields-unknown-to-reader" in fixed["message"]
+    # a reader from 0.14 on is outside the entry
+    assert classify(cross_record(reader_peft="0.14.0"), table)["status"] == "error"
+
+
+def test_a_relation_is_checked_when_the_table_is_read():
+    with pytest.raises(KnownIssuesError, match="when must be a list of: .*config-fields-unknown-to-reader"):
+        unknown_fields_entry(when=["writer-is-newer"])
+    with pytest.raises(KnownIssuesError, match="when is for cross-version entries"):
+        issues(when=["config-fields-unknown-to-reader"])
+
+
+def carried_table():
+    return issues(cases=["c-*"], stage="compare", signature="logits-mismatch", versions={"peft": ">=0.20"})
+
+
+LOST = "the reloaded model does not reproduce the logits: max abs diff 0.3 > tolerance 1e-05 (cpu, fp32)"
+
+
+def test_a_read_that_fails_where_its_writer_failed_carries_the_writers_known_issue():
+    writer_failed = {"status": "expected-failure", "observed_status": "fail", "stage": "compare"}
+    out = classify(cross_record(status="fail", stage="compare", exc="CheckFailed", msg=LOST,
+                                writer_verdict=writer_failed), carried_table())
+    assert out["status"] == "expected-failure" and out["known_issue"]["carried_from"] == "writer"
+    # the writer's own round trip reproduced its logits: the read's loss is the reader's, not carried
+    out = classify(cross_record(status="fail", stage="compare", exc="CheckFailed", msg=LOST), carried_table())
+    assert out["status"] == "fail"
+    # a read of such an artifact that passes is no "fix": the writer's release still has its bug
+    out = classify(cross_record(status="pass", stage=None, exc=None, msg=None, writer_verdict=writer_failed),
+                   carried_table())
+    assert out["status"] == "pass"
+    # a failure at another stage is not the writer's compare failure
+    out = classify(cross_record(status="error", stage="load", writer_verdict=writer_failed), carried_table())
+    assert out["status"] == "error"
+
+
+def test_an_across_entry_covers_reads_over_its_release_both_ways_and_checks_its_edges():
+    table = issues(stage="compare", across={"peft": ["0.16.0", "0.18.0"]}, signature="logits-mismatch")
+    lost = dict(status="fail", stage="compare", exc="CheckFailed", msg=LOST)
+
+    def read(writer, reader, **kw):
+        out = cross_record(reader_peft=reader, **kw)
+        out["writer"]["peft"] = writer
+        return out
+
+    for writer, reader in (("0.15.2", "0.16.0"), ("0.17.1", "0.15.2"), ("0.15.2", "0.21.2"), ("0.18.1", "0.17.1")):
+        assert classify(read(writer, reader, **lost), table)["status"] == "expected-failure", (writer, reader)
+    # two releases on the same side of every listed release: not covered, so a pass is a pass
+    assert classify(read("0.16.0", "0.17.1", **lost), table)["status"] == "fail"
+    assert classify(read("0.18.1", "0.21.2", status="pass", stage=None, exc=None, msg=None), table)["status"] == "pass"
+    assert classify(read("0.15.2", "0.18.1", status="pass", stage=None, exc=None, msg=None), table)["status"] == "fixed"
+    edge = {"package": "peft", "side": "reader", "last_passing": "0.15.2", "first_failing": "0.16.0",
+            "date": "2026-11-24", "command": "python -m harness bisect c"}
+    issues(stage="compare", across={"peft": ["0.16.0"]}, bisected=[edge])
+    with pytest.raises(KnownIssuesError, match="straddles none of across.peft"):
+        issues(stage="compare", across={"peft": ["0.18.0"]}, bisected=[edge])
+    with pytest.raises(KnownIssuesError, match="across.peft: a list of releases"):
+        issues(stage="compare", across={"peft": "0.16.0"})

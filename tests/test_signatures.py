@@ -60,6 +60,24 @@ OTHERS = [
     ("logits-mismatch", "CheckFailed",
      "the reloaded model does not reproduce the logits: max abs diff 0.321 > tolerance 1e-05 (cpu, fp32)"),
     ("logits-mismatch", "CheckFailed", "logits shape (2, 5) after loading, (2, 3) before saving"),
+    # a config class of an older peft meets a field a newer peft saved (the first unknown one is named)
+    ("unknown-config-field", "builtins.TypeError",
+     "LoraConfig.__init__() got an unexpected keyword argument 'alora_invocation_tokens'"),
+    ("unknown-config-field", "builtins.TypeError", "IA3Config.__init__() got an unexpected keyword argument 'exclude_modules'"),
+    ("unknown-config-field", "builtins.TypeError",
+     "PrefixTuningConfig.__init__() got an unexpected keyword argument 'init_weights'"),
+    # a library passing a keyword its callee lacks is not a config field
+    ("unexpected-keyword", "builtins.TypeError",
+     "PeftModelForSequenceClassification.add_adapter() got an unexpected keyword argument 'low_cpu_mem_usage'"),
+    # target modules missing: peft's wordings per release and method
+    ("no-target-modules", "builtins.ValueError",
+     "Target modules {'query', 'value'} not found in the base model. Please check the target modules and try again."),
+    ("no-target-modules", "peft.utils.error.NoMatchingPeftModuleError",
+     "Target modules {'q_proj', 'v_proj'} not found in the base model. Please check the target modules and try again"),
+    ("no-target-modules", "builtins.ValueError",
+     "No modules were targeted for adaptation. This might be caused by a combination of mismatched target modules"),
+    ("no-target-modules", "builtins.ValueError",
+     "No layers types compatible with VeRA were found. Please check `peft_config.target_modules`."),
     ("vacuous-adapter", "CheckFailed", "vacuous: the adapter changes the logits by at most nan, not more than 0.0001"),
     ("frozen-parameter", "StepError",
      "train_parameter: 1 parameter(s) match 'position_embeddings' (vit.embeddings.position_embeddings, ...) but "

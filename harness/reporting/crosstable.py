@@ -81,7 +81,8 @@ def _reason(cell: dict) -> str | None:
     if cell["status"] == "pass":
         return None
     if cell["status"] == "expected-failure" and cell.get("known_issue"):
-        return f"known: {cell['known_issue']['reference']}"
+        carried = cell["known_issue"].get("carried_from")
+        return f"known: {cell['known_issue']['reference']}" + (f" (the {carried}'s own bug)" if carried else "")
     text = ((cell.get("message") or "").strip().splitlines() or [""])[0]
     exc = (cell.get("exception_type") or "").rsplit(".", 1)[-1]
     if exc and exc not in ("CheckFailed", "BaseIncompatible"):

@@ -290,8 +290,9 @@ def build_matrix(reports: list[tuple[str, dict]], expected_envs=(), known_issues
     return matrix
 
 
-def _issue_key(reference, stage, versions, writer=None, reader=None) -> str:
-    return json.dumps([reference, stage, versions or {}, writer, reader], sort_keys=True)
+def _issue_key(reference, stage, versions, writer=None, reader=None, across=None, when=None) -> str:
+    return json.dumps([reference, stage, versions or {}, writer, reader, across or {}, list(when or ())],
+                      sort_keys=True)
 
 
 def known_issue_usage(reports: list[tuple[str, dict]], issues, env_order=()) -> list[dict] | None:
@@ -307,7 +308,7 @@ def known_issue_usage(reports: list[tuple[str, dict]], issues, env_order=()) -> 
             if not issue or cell["status"] not in statuses.FROM_TABLE:
                 continue
             key = _issue_key(issue["reference"], issue["stage"], issue.get("versions"), issue.get("writer"),
-                             issue.get("reader"))
+                             issue.get("reader"), issue.get("across"), issue.get("when"))
             where = f"{cell['writer']['name']}->{name}" if cell.get("writer") else name
             bucket = seen.setdefault(key, {"expected-failure": set(), "fixed": set()})
             bucket[cell["status"]].add(where)
@@ -317,7 +318,8 @@ def known_issue_usage(reports: list[tuple[str, dict]], issues, env_order=()) -> 
     for issue in issues:
         bucket = seen.get(_issue_key(issue.reference, issue.stage, issue.versions,
                                      (issue.writer or {}) if issue.cross else None,
-                                     (issue.reader or {}) if issue.cross else None), {})
+                                     (issue.reader or {}) if issue.cross else None,
+                                     issue.as_record().get("across"), issue.when), {})
         out.append({"reference": issue.reference, "stage": issue.stage, "versions": dict(issue.versions),
                     "cases": list(issue.cases), "seen_in": ordered(bucket.get("expected-failure", ())),
                     "fixed_in": ordered(bucket.get("fixed", ())), "cross": bool(issue.cross),

@@ -62,6 +62,17 @@ _ALL = (
     Signature("state-dict-key-error",
               "set_peft_model_state_dict looks up a key that the saved adapter does not have",
               (r"\bKeyError: 'base_model\.model\.",)),
+    Signature("unknown-config-field",
+              "a PEFT config class rejects a field of the saved adapter_config.json that it does not know (a newer "
+              "peft wrote it); python words the TypeError differently across releases",
+              (r"Config\.__init__\(\) got an unexpected keyword argument",
+               r"__init__\(\) got an unexpected keyword argument '\w+'.*Config",
+               r"Config\b[^\n]{0,80}unexpected keyword argument")),
+    Signature("no-target-modules",
+              "the adapter's target modules are not in the model (renamed, or another architecture): peft words it "
+              "as a ValueError or NoMatchingPeftModuleError, per method and release",
+              (r"Target modules .* not found in the base model", r"No modules were targeted for adaptation",
+               r"No layers types compatible with \w+ were found")),
     Signature("unexpected-keyword",
               "a library passes a keyword argument that its callee does not accept (version skew)",
               (r"got an unexpected keyword argument",)),

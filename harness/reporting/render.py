@@ -281,8 +281,8 @@ def _page_entry(entry: dict, status_index: dict, row_tolerance, text: _Strings) 
                   tol if tol is not None and tol != row_tolerance else None, text(reason)])
 
 
-def page_data(matrix: dict, rows: list[dict], cross: dict | None) -> dict:
-    """What the panel shows, for the script: environments, statuses, rows by cell id, cross squares."""
+def page_data(matrix: dict, rows: list[dict]) -> dict:
+    """What the heat map's panel shows, for the script: environments, statuses, rows by cell id."""
     names = list(statuses.BY_NAME)
     index = {s: i for i, s in enumerate(names)}
     since = {s["cell_id"]: s["text"] for s in matrix["since"]}
@@ -302,22 +302,69 @@ def page_data(matrix: dict, rows: list[dict], cross: dict | None) -> dict:
             "envs": [{"name": e["name"], "state": e["state"], "reason": e.get("reason") or "",
                       **{p: e["versions"].get(p) for p in ("peft", "transformers", "torch", "python")}}
                      for e in matrix["environments"]],
-            "rows": data_rows, "strings": text.items, "cross": None}
-    if cross is not None:
-        # per square: "p" the indices (into "cells") of the reads that passed, "o" the others in full
-        cells = [crow["cell_id"] for crow in cross["cells"]]
-        squares: dict[str, dict] = {}
-        for k, crow in enumerate(cross["cells"]):
-            for e in crow["entries"]:
-                square = squares.setdefault(f"{e['writer']}|{e['reader']}", {"p": [], "o": []})
-                if e["status"] == "pass" and not e.get("dropped_config_fields"):
-                    square["p"].append(k)
-                else:
-                    square["o"].append(_trim([k, index[e["status"]], e.get("stage"), e.get("max_abs_diff"),
-                                              e.get("reason"), e.get("known_issue"), e.get("message"),
-                                              e.get("dropped_config_fields")]))
-        data["cross"] = {"cells": cells, "squares": squares}
+            "rows": data_rows, "strings": text.items}
     return data
+
+
+def _diff(value):
+    """A max abs diff as the panel prints it (3 significant digits): the page need not carry more."""
+    return None if value is None else float(f"{value:.3g}")
+
+
+def cross_data(cross: dict) -> dict:
+    """What a square of the writer x reader grid opens, for the script (a JSON document of its own, read only
+    when a square is opened). Per square ("<writer>|<reader>"):
+      "c": [[status index, count], ...] every read counted, passes included;
+      "g": the reads that did not pass, grouped: one group per identical failure (status, stage, reason,
+           known issue, message, config fields the reader does not know), as
+           [status, stage, reason, known issue, message, dropped fields, [cell index, ...], [max diff, ...]]
+           (texts are indices into "strings"; trailing empties dropped; the diffs only where recorded);
+           not-applicable reads are groups too (their cell indices only cost a few bytes);
+      "d": [passing reads whose saved config has fields this reader does not know, [[field, count], ...]];
+      "u": an index into "unread", the lists of cells with no read for a square (stored once per distinct list:
+           it is usually the cells the writer saved no artifact of).
+    Passing reads are counts, not a list: a cell that neither a group nor the square's unread list names
+    passed there.
+    """
+    names = list(statuses.BY_NAME)
+    index = {s: i for i, s in enumerate(names)}
+    text = _Strings()
+    squares: dict[str, dict] = {}
+    for k, crow in enumerate(cross["cells"]):
+        for e in crow["entries"]:
+            sq = squares.setdefault(f"{e['writer']}|{e['reader']}", {"c": Counter(), "g": {}, "d": Counter(), "dn": 0,
+                                                                                 "read": set()})
+            status = e["status"]
+            sq["c"][index[status]] += 1
+            sq["read"].add(k)
+            dropped = e.get("dropped_config_fields") or []
+            if status == "pass":
+                if dropped:
+                    sq["dn"] += 1
+                    sq["d"].update(dropped)
+                continue
+            message = e.get("message")
+            key = (index[status], text(e.get("stage")), text(e.get("reason")), text(e.get("known_issue")),
+                   text(message if message and message.strip() != (e.get("reason") or "").strip() else None),
+                   text(", ".join(dropped) or None))
+            group = sq["g"].setdefault(key, ([], []))
+            group[0].append(k)
+            group[1].append(_diff(e.get("max_abs_diff")))
+    out = {}
+    unread: dict[tuple, int] = {}
+    every = range(len(cross["cells"]))
+    for name, sq in squares.items():
+        groups = sorted(sq["g"].items(), key=lambda kv: (statuses.RANK[names[kv[0][0]]], -len(kv[1][0]), kv[1][0]))
+        out[name] = {"c": sorted(([s, n] for s, n in sq["c"].items()), key=lambda sn: statuses.RANK[names[sn[0]]]),
+                     "g": [_trim(list(key) + [cells, diffs if any(d is not None for d in diffs) else None])
+                           for key, (cells, diffs) in groups]}
+        if sq["dn"]:
+            out[name]["d"] = [sq["dn"], sorted(([f, n] for f, n in sq["d"].items()), key=lambda fn: (-fn[1], fn[0]))]
+        missing = tuple(k for k in every if k not in sq["read"])
+        if missing:
+            out[name]["u"] = unread.setdefault(missing, len(unread))
+    return {"cells": [crow["cell_id"] for crow in cross["cells"]], "squares": out, "strings": text.items,
+            "unread": [list(m) for m in unread]}
 
 
 def _worst(counts: dict) -> str:
@@ -392,7 +439,8 @@ def html_page(matrix: dict, *, cross: dict | None = None, previous: dict | None 
         methods=sorted({g["method"] for g in groups}), n_rows=len(rows),
         seeds=overview.seed_strips(matrix), issues=overview.issue_strips(matrix),
         cross_issues=overview.cross_issues(matrix), cross=cross_model(cross),
-        data=_json_for_script(page_data(matrix, rows, cross)),
+        data=_json_for_script(page_data(matrix, rows)),
+        cross_data=_json_for_script(cross_data(cross)) if cross is not None else None,
         status_sets=_json_for_script({"red": list(statuses.RED), "failing": list(statuses.FAILED)}),
     )
 

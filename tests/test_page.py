@@ -206,17 +206,19 @@ READS = {
     "resnet_classifier-lora-peft_safetensors[cpu-fp32]": ("pass", None, None, None, 0.0, None, ["layer_replication"]),
 }
 UNREAD = "wav2vec2_ctc-lora-peft_safetensors[cpu-fp32]"  # read by NEW itself only: OLD has no read of it
+OLD_BY_NEW = "bert_classifier-lora-peft_safetensors[cpu-fp32]"  # the one read of OLD's artifacts: NEW fails it
 
 
 @pytest.fixture(scope="module")
 def cross_site(site, tmp_path_factory):
     """The page with a cross-version table built by the real build_cross from read records: OLD reads NEW's
-    artifacts (failures of several kinds, passes, a not-applicable read) and NEW reads its own (all pass)."""
+    artifacts (failures of several kinds, passes, a not-applicable read), NEW reads its own (all pass) and
+    one of OLD's (a silent fail)."""
     from harness.reporting.crosstable import build_cross
 
     versions = {NEW: ("0.21.2", "5.23.0"), OLD: ("0.12.0", "4.45.2")}
 
-    def record(cell_id, reader, status, stage=None, exc=None, message=None, diff=None, known=None, dropped=()):
+    def record(cell_id, writer, status, stage=None, exc=None, message=None, diff=None, known=None, dropped=()):
         family = cell_id.split("-")[0]
         return {"cell_id": cell_id, "case_id": cell_id.split("[")[0], "family": family, "adapter": "LoraConfig",
                 "method": "lora", "save_mode": "peft_safetensors", "load_mode": "peft_from_pretrained",
@@ -224,7 +226,7 @@ def cross_site(site, tmp_path_factory):
                 "observed_status": "error" if status == "expected-failure" else None, "max_abs_diff": diff,
                 "exception_type": exc, "message": message, "warnings": [], "dropped_config_fields": list(dropped),
                 "known_issue": {"reference": known, "stage": stage} if known else None,
-                "writer": {"name": NEW, "peft": versions[NEW][0], "transformers": versions[NEW][1],
+                "writer": {"name": writer, "peft": versions[writer][0], "transformers": versions[writer][1],
                            "verdict": {"status": "pass"}}}
 
     def read_report(reader, cells):
@@ -232,8 +234,10 @@ def cross_site(site, tmp_path_factory):
                                 "transformers": versions[reader][1], "torch": "2.13.0+cpu", "python": "3.11.7"},
                 "cells": cells}
 
-    by_old = [record(c, OLD, *r) for c, r in READS.items()]
-    by_new = [record(c, NEW, "pass", diff=0.0) for c in [*READS, UNREAD]]
+    by_old = [record(c, NEW, *r) for c, r in READS.items()]
+    by_new = [record(c, NEW, "pass", diff=0.0) for c in [*READS, UNREAD]] + [
+        record(OLD_BY_NEW, OLD, "fail", "compare", "CheckFailed", "the reloaded model does not reproduce the logits",
+               0.5)]
     cross = build_cross([("old-read.json", read_report(OLD, by_old)), ("new-read.json", read_report(NEW, by_new))])
     d = tmp_path_factory.mktemp("cross")
     (d / "compat.html").write_text(html_page(site["matrix"], cross=cross))
@@ -277,13 +281,36 @@ def test_a_square_of_the_cross_grid_opens_the_reads_behind_it(cross_site, browse
     note = page.eval("document.getElementById('pass-note').innerText")
     assert f"The {square['counts']['pass']} passing read(s) are counted, not listed" in note
     assert "1 of them saved config fields this reader does not know" in note and "layer_replication (1)" in note
-    assert "1 cell(s) of the table were not read by this pair" in note
+    unread = len(cross["cells"]) - len(reads)
+    assert unread == 2 and f"{unread} cell(s) of the table were not read by this pair" in note
     assert page.eval("document.body.dataset.pwned") is None  # a message is text, never markup
     assert "reproduce the logits <img" in page.eval("document.getElementById('panel-body').innerText")
     # the square that reads itself: every read passed, nothing is listed
     page.click(f'#crossgrid td[data-w="{NEW}"][data-r="{NEW}"] a')
     assert page.eval("document.querySelectorAll('#panel-body a.read').length") == 0
     assert "Every read that applies passed." in page.eval("document.getElementById('panel-body').innerText")
+
+
+@needs_chromium
+def test_the_overview_sums_up_the_cross_grid_with_the_json_numbers(cross_site, browser, tmp_path):
+    cross = cross_site["cross"]
+    page = browser.open(cross_site["html"].as_uri())
+    shot(page, tmp_path, "overview-cross.png")
+    shown = page.eval("Object.fromEntries(Array.from(document.querySelectorAll('#cross-summary [data-n]'))"
+                      ".map(e => [e.dataset.n, +e.textContent]))")
+    by_status = page.eval("Object.fromEntries(Array.from(document.querySelectorAll('[data-cross-count]'))"
+                          ".map(e => [e.dataset.crossCount, +e.textContent]))")
+    reads = [e for row in cross["cells"] for e in row["entries"]]
+    assert by_status == dict(Counter(e["status"] for e in reads))
+    assert shown["cross-reads"] == len(reads) == 2 * len(READS) + 2
+    assert shown["cross-red"] == sum(statuses.is_red(e["status"]) for e in reads) == 5
+    assert shown["cross-loud"] == 4 and shown["cross-silent"] == 2  # the expected failure is an error underneath
+    assert shown["cross-newest-failing"] == 1  # the newest reader, NEW, fails its one read of OLD's artifacts
+    causes = page.eval("Array.from(document.querySelectorAll('#cross-reasons li')).map(li => li.innerText)")
+    assert TYPE_ERROR in causes[0] and "3 reads in 1 pairs" in causes[0]
+    page.click("#cross-reasons li a")
+    assert page.eval("location.hash") == f"#w={NEW}&r={OLD}"
+    assert page.eval("document.getElementById('panel').hidden") is False
 
 
 @needs_chromium

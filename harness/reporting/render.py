@@ -439,6 +439,7 @@ def html_page(matrix: dict, *, cross: dict | None = None, previous: dict | None 
         methods=sorted({g["method"] for g in groups}), n_rows=len(rows),
         seeds=overview.seed_strips(matrix), issues=overview.issue_strips(matrix),
         cross_issues=overview.cross_issues(matrix), cross=cross_model(cross),
+        cross_summary=overview.cross_summary(cross),
         data=_json_for_script(page_data(matrix, rows)),
         cross_data=_json_for_script(cross_data(cross)) if cross is not None else None,
         status_sets=_json_for_script({"red": list(statuses.RED), "failing": list(statuses.FAILED)}),

@@ -332,8 +332,10 @@ def cross_data(cross: dict) -> dict:
     squares: dict[str, dict] = {}
     for k, crow in enumerate(cross["cells"]):
         for e in crow["entries"]:
-            sq = squares.setdefault(f"{e['writer']}|{e['reader']}", {"c": Counter(), "g": {}, "d": Counter(), "dn": 0,
-                                                                                 "read": set()})
+            name = f"{e['writer']}|{e['reader']}"
+            sq = squares.get(name)
+            if sq is None:
+                sq = squares[name] = {"c": Counter(), "g": {}, "d": Counter(), "dn": 0, "read": set()}
             status = e["status"]
             sq["c"][index[status]] += 1
             sq["read"].add(k)

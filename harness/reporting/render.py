@@ -315,11 +315,11 @@ def cross_data(cross: dict) -> dict:
     """What a square of the writer x reader grid opens, for the script (a JSON document of its own, read only
     when a square is opened). Per square ("<writer>|<reader>"):
       "c": [[status index, count], ...] every read counted, passes included;
-      "g": the reads that did not pass, grouped: one group per identical failure (status, stage, reason,
-           known issue, message, config fields the reader does not know), as
-           [status, stage, reason, known issue, message, dropped fields, [cell index, ...], [max diff, ...]]
-           (texts are indices into "strings"; trailing empties dropped; the diffs only where recorded);
-           not-applicable reads are groups too (their cell indices only cost a few bytes);
+      "g": the reads that did not pass, grouped: one group per identical failure, as
+           [failure, [cell index, ...], [max diff, ...] (only where recorded)]; a failure is an index into
+           "failures", each stored once for the whole grid: [status, stage, reason, known issue, message,
+           config fields the reader does not know] (texts are indices into "strings"; trailing empties
+           dropped); not-applicable reads are groups too (their cell indices cost a few bytes);
       "d": [passing reads whose saved config has fields this reader does not know, [[field, count], ...]];
       "u": an index into "unread", the lists of cells with no read for a square (stored once per distinct list:
            it is usually the cells the writer saved no artifact of).
@@ -329,6 +329,7 @@ def cross_data(cross: dict) -> dict:
     names = list(statuses.BY_NAME)
     index = {s: i for i, s in enumerate(names)}
     text = _Strings()
+    failures: dict[tuple, int] = {}
     squares: dict[str, dict] = {}
     for k, crow in enumerate(cross["cells"]):
         for e in crow["entries"]:
@@ -346,19 +347,22 @@ def cross_data(cross: dict) -> dict:
                     sq["d"].update(dropped)
                 continue
             message = e.get("message")
-            key = (index[status], text(e.get("stage")), text(e.get("reason")), text(e.get("known_issue")),
-                   text(message if message and message.strip() != (e.get("reason") or "").strip() else None),
-                   text(", ".join(dropped) or None))
+            failure = (index[status], text(e.get("stage")), text(e.get("reason")), text(e.get("known_issue")),
+                       text(message if message and message.strip() != (e.get("reason") or "").strip() else None),
+                       text(", ".join(dropped) or None))
+            key = failures.setdefault(failure, len(failures))
             group = sq["g"].setdefault(key, ([], []))
             group[0].append(k)
             group[1].append(_diff(e.get("max_abs_diff")))
+    by_key = {k: f for f, k in failures.items()}
     out = {}
     unread: dict[tuple, int] = {}
     every = range(len(cross["cells"]))
     for name, sq in squares.items():
-        groups = sorted(sq["g"].items(), key=lambda kv: (statuses.RANK[names[kv[0][0]]], -len(kv[1][0]), kv[1][0]))
+        groups = sorted(sq["g"].items(), key=lambda kv: (statuses.RANK[names[by_key[kv[0]][0]]], -len(kv[1][0]),
+                                                          kv[1][0]))
         out[name] = {"c": sorted(([s, n] for s, n in sq["c"].items()), key=lambda sn: statuses.RANK[names[sn[0]]]),
-                     "g": [_trim(list(key) + [cells, diffs if any(d is not None for d in diffs) else None])
+                     "g": [_trim([key, cells, diffs if any(d is not None for d in diffs) else None])
                            for key, (cells, diffs) in groups]}
         if sq["dn"]:
             out[name]["d"] = [sq["dn"], sorted(([f, n] for f, n in sq["d"].items()), key=lambda fn: (-fn[1], fn[0]))]
@@ -366,7 +370,7 @@ def cross_data(cross: dict) -> dict:
         if missing:
             out[name]["u"] = unread.setdefault(missing, len(unread))
     return {"cells": [crow["cell_id"] for crow in cross["cells"]], "squares": out, "strings": text.items,
-            "unread": [list(m) for m in unread]}
+            "failures": [_trim(list(f)) for f in failures], "unread": [list(m) for m in unread]}
 
 
 def _worst(counts: dict) -> str:

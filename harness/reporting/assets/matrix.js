@@ -127,8 +127,9 @@
   function firstLine(t){ return String(t || '').trim().split('\n')[0]; }
   function crossGroups(x, sq){
     const d = D(), S = k => k == null ? null : x.strings[k];
-    return sq.g.map(g => ({status: d.statuses[g[0]], stage: S(g[1]), reason: S(g[2]), known: S(g[3]), message: S(g[4]),
-      dropped: S(g[5]), cells: (g[6] || []).map(k => x.cells[k]), diffs: g[7] || []}));
+    return sq.g.map(g => { const f = x.failures[g[0]];
+      return {status: d.statuses[f[0]], stage: S(f[1]), reason: S(f[2]), known: S(f[3]), message: S(f[4]), dropped: S(f[5]),
+              cells: g[1].map(k => x.cells[k]), diffs: g[2] || []}; });
   }
   function groupText(g){ return g.known ? firstLine(g.message) || firstLine(g.reason) : (g.reason || firstLine(g.message)); }
   function readLinks(w, r, g, read){
@@ -159,7 +160,7 @@
     return '<div id="read" data-status="' + esc(g.status) + '"><h4>this read: <code>' + esc(read) + '</code></h4>' + dl([
       ['status', badge(g.status)], ['stage', esc(g.stage || '–')],
       g.reason ? ['reason', esc(g.reason)] : null,
-      g.message ? ['message', '<pre>' + esc(g.message) + '</pre>'] : null,
+      g.message && !(g.reason || '').includes(g.message.trim()) ? ['message', '<pre>' + esc(g.message) + '</pre>'] : null,
       ['max abs diff', esc(fmt(diff))],
       g.known ? ['known issue', ref(g.known)] : null,
       g.dropped ? ['unknown config fields', esc(g.dropped)] : null,

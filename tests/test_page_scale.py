@@ -101,3 +101,24 @@ def test_a_permalink_deep_in_the_big_page_opens_and_shows_its_row(big, tmp_path)
     print(f"\nfilter over the big heat map: {ms:.0f} ms; screenshot: {path}")
     assert title == row["cell_id"]
     assert 0 <= top <= height  # scrolled into view
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install -y chromium)")
+def test_a_read_folded_deep_in_a_big_group_opens_from_its_permalink(big, tmp_path):
+    from urllib.parse import quote
+
+    _, html, cross = big
+    w, r = "peft012-tf441", "peft010-tf439"  # a newer writer, an older reader: one large group of errors
+    errors = [row["cell_id"] for row in cross["cells"] for e in row["entries"]
+              if (e["writer"], e["reader"], e["status"]) == (w, r, "error")]
+    assert len(errors) > 20
+    with Browser() as browser:
+        page = browser.open(html.as_uri() + f"#w={w}&r={r}&read={quote(errors[-1])}")
+        status = page.eval("document.getElementById('read').dataset.status")
+        folded = page.eval("document.querySelector('#panel-body a.read.sel').closest('details')")
+        is_open = page.eval("document.querySelector('#panel-body a.read.sel').closest('details').open")
+        shown = page.eval("document.querySelectorAll('#panel-body .rgroup[data-status=error] a.read').length")
+        path = page.screenshot(tmp_path / "big-read.png")
+    print(f"\nscreenshot: {path}")
+    assert status == "error" and folded is not None and is_open is True
+    assert shown == len(errors)  # every failing read is in the panel, the folded ones included

@@ -132,9 +132,14 @@
               cells: g[1].map(k => x.cells[k]), diffs: g[2] || []}; });
   }
   function groupText(g){ return g.known ? firstLine(g.message) || firstLine(g.reason) : (g.reason || firstLine(g.message)); }
+  const SHOWN_READS = 12;  // a longer group shows its first reads and folds the others
   function readLinks(w, r, g, read){
-    return '<p class="reads">' + g.cells.map((c, i) => '<a class="read' + (c === read ? ' sel' : '') + '" data-read="' + esc(c) + '" href="#' + esc(hashOf({w, r, read: c})) + '"><code>' + esc(c) + '</code></a>' +
-      (g.diffs[i] != null ? ' <span class="muted">' + esc(fmt(g.diffs[i])) + '</span>' : '')).join(' · ') + '</p>';
+    const links = g.cells.map((c, i) => '<a class="read' + (c === read ? ' sel' : '') + '" data-read="' + esc(c) + '" href="#' + esc(hashOf({w, r, read: c})) + '"><code>' + esc(c) + '</code></a>' +
+      (g.diffs[i] != null ? ' <span class="muted">' + esc(fmt(g.diffs[i])) + '</span>' : ''));
+    if (links.length <= SHOWN_READS + 2) return '<p class="reads">' + links.join(' · ') + '</p>';
+    const open = g.cells.indexOf(read) >= SHOWN_READS ? ' open' : '';
+    return '<p class="reads">' + links.slice(0, SHOWN_READS).join(' · ') + '</p><details class="more"' + open + '><summary>' +
+      (links.length - SHOWN_READS) + ' more read(s) of this group</summary><p class="reads">' + links.slice(SHOWN_READS).join(' · ') + '</p></details>';
   }
   function groupBlock(w, r, g, read){
     const shown = groupText(g), msg = g.message && (g.message.trim() !== firstLine(g.message) || g.message.length > 200) ? g.message : null;

@@ -4,21 +4,25 @@ file, no network).
 
 The page opens on the answer, then the evidence:
 1. the overview (overview.py): what fails on the newest releases, regressions and fixes since a previous
-   table (`merge --previous OLD.json`), known issues without an upstream report, the entry counts, the
+   table (`merge --previous OLD.json`), known issues without an upstream report, the writer x reader grid
+   in numbers (reads per status, loud and silent failures, the most frequent causes), the entry counts, the
    pass-rate chart (charts.py, inline SVG);
 2. the heat map: cells grouped by family and method x environments, one colour and one glyph per status
    (GLYPHS: the shape says it without the colour), with filters (family, method, status, environment, text);
 3. "since when": a strip across releases for every seed scenario and every known issue, with the first
    failing and first passing release and the edges `bisect` found;
-4. across versions: the writer x reader grid of cross.json, each square opening the reads behind it;
+4. across versions: the writer x reader grid of cross.json, each square opening the reads behind it: its
+   counts per status, and the reads that did not pass grouped by identical failure (cross_data);
 5. the environments.
 Every entry of the heat map opens a detail panel (the record's fields and the commands that reproduce it)
 and has a permalink: compat.html#cell=<cell id>&at=<env>; #w=<writer>&r=<reader> opens a square of the
-cross grid. Every view state (filters included) lives in the URL fragment.
+cross grid, #w=<writer>&r=<reader>&read=<cell id> one read in it (a passing read, which the page counts but
+does not list, says that it passed). Every view state (filters included) lives in the URL fragment.
 
 Everything the overview, the strips and the grids say is rendered here, so it reads without JavaScript; the
-heat map's details are one JSON document in the page that the script reads when a square is opened (a
-page of 25 environments x 1,000 cells stays about 1 MB, and paints before the script runs). Template, style
+heat map's details are one JSON document in the page that the script reads when a square is opened, the
+cross grid's another, read when one of its squares opens (25 environments x 1,008 cells plus 100,000 reads
+make a 2 MB page; the real matrix with its 94,530 reads 1.15 MB; both paint before the script runs). Template, style
 sheet, script and SVG template are files in assets/. Only http(s) references become links.
 """
 from __future__ import annotations

@@ -215,7 +215,8 @@ def measure(html, out_dir, fragment: str = "") -> dict:
                 const n = td => +(td.textContent.match(/[0-9]+/) || [0])[0];
                 const td = tds.reduce((a, b) => n(b) > n(a) ? b : a);
                 const t = performance.now();
-                const done = new Promise(res => addEventListener('hashchange', () => requestAnimationFrame(res), {once: true}));
+                const done = new Promise(res => addEventListener('hashchange', () => requestAnimationFrame(res),
+                                                                 {once: true}));
                 td.querySelector('a').click();
                 await done;
                 return performance.now() - t; })()""")

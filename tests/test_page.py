@@ -192,11 +192,13 @@ HOSTILE_MESSAGE = 'the reloaded model does not reproduce the logits <img src=x o
 NEW, OLD = "peft021-tf523", "peft012-tf445"
 # the reads of NEW's artifacts by OLD, per cell: (status, stage, exception, message, max diff, known issue, dropped)
 TYPE_ERROR = "LoraConfig.__init__() got an unexpected keyword argument 'use_dora'"
+DORA = ("error", "load", "builtins.TypeError", TYPE_ERROR, None, None, ["use_dora"])
 READS = {
-    "bert_classifier-lora-dora[cpu-fp32]": ("error", "load", "builtins.TypeError", TYPE_ERROR, None, None, ["use_dora"]),
-    "llama_causal-lora-dora[cpu-fp32]": ("error", "load", "builtins.TypeError", TYPE_ERROR, None, None, ["use_dora"]),
-    "vit_224-lora-dora[cpu-fp32]": ("error", "load", "builtins.TypeError", TYPE_ERROR, None, None, ["use_dora"]),
-    "bert_classifier-lora-peft_pickle[cpu-bf16]": ("fail", "compare", "CheckFailed", HOSTILE_MESSAGE, 0.2134567, None, []),
+    "bert_classifier-lora-dora[cpu-fp32]": DORA,
+    "llama_causal-lora-dora[cpu-fp32]": DORA,
+    "vit_224-lora-dora[cpu-fp32]": DORA,
+    "bert_classifier-lora-peft_pickle[cpu-bf16]": ("fail", "compare", "CheckFailed", HOSTILE_MESSAGE, 0.2134567, None,
+                                                   []),
     "vit_224-lora-posemb_module-peft_safetensors[cpu-fp32]": (
         "expected-failure", "load", "builtins.KeyError", "'base_model.model.vit.embeddings.patch_embeddings'", None,
         "https://github.com/huggingface/peft/issues/2099", []),

@@ -251,7 +251,8 @@ def cross_summary(cross: dict | None, limit: int = 8) -> dict | None:
     for row in cross["cells"]:
         for e in row["entries"]:
             if statuses.is_red(e["status"]):
-                reasons.setdefault((e["status"], e["stage"], e["reason"] or ""), Counter())[(e["writer"], e["reader"])] += 1
+                cause = (e["status"], e["stage"], e["reason"] or "")
+                reasons.setdefault(cause, Counter())[(e["writer"], e["reader"])] += 1
     top = sorted(reasons.items(), key=lambda kv: (-sum(kv[1].values()), statuses.RANK[kv[0][0]], kv[0]))[:limit]
     return {"reads": sum(counts.values()), "cells": len(cross["cells"]), "by_status": by_status,
             "red": sum(n for s, n in counts.items() if statuses.is_red(s)),

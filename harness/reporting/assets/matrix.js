@@ -169,7 +169,7 @@
       ['max abs diff', esc(fmt(diff))],
       g.known ? ['known issue', ref(g.known)] : null,
       g.dropped ? ['unknown config fields', esc(g.dropped)] : null,
-      ['in the heat map', '<a href="#' + esc(hashOf({cell: read, at: w})) + '">written at ' + esc(w) + '</a> · <a href="#' + esc(hashOf({cell: read, at: r})) + '">its own round trip at ' + esc(r) + '</a>']]) + '</div>';
+      ['own round trips', '<a href="#' + esc(hashOf({cell: read, at: w})) + '">at the writer, ' + esc(w) + '</a> · <a href="#' + esc(hashOf({cell: read, at: r})) + '">at the reader, ' + esc(r) + '</a> <span class="muted">(the heat map)</span>']]) + '</div>';
   }
   function crossPanel(w, r, read){
     const d = D(), x = X();

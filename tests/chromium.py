@@ -188,7 +188,9 @@ class Page:
 
 def measure(html, out_dir, fragment: str = "") -> dict:
     """Open a page the way a reader does and report its size, paint timing and requests; keep screenshots of
-    the first screen and of the heat map in out_dir. `python tests/chromium.py compat.html OUT_DIR`."""
+    the first screen, the heat map, "since when", the cross grid and its busiest square (opened, and timed
+    from the click to the frame after the panel is filled) in out_dir.
+    `python tests/chromium.py compat.html OUT_DIR`."""
     import pathlib
 
     html, out_dir = pathlib.Path(html), pathlib.Path(out_dir)
@@ -205,11 +207,26 @@ def measure(html, out_dir, fragment: str = "") -> dict:
         shots.append(page.screenshot(out_dir / "since-when.png"))
         page.eval("document.getElementById('cross').scrollIntoView()")
         shots.append(page.screenshot(out_dir / "cross.png"))
+        square_ms = None
+        if page.eval("!!document.querySelector('#crossgrid td[data-w]')"):
+            # open the square with the most reads that did not pass (the number in it): the panel's worst case
+            square_ms = page.eval("""(async () => {
+                const tds = Array.from(document.querySelectorAll('#crossgrid td[data-w]'));
+                const n = td => +(td.textContent.match(/[0-9]+/) || [0])[0];
+                const td = tds.reduce((a, b) => n(b) > n(a) ? b : a);
+                const t = performance.now();
+                const done = new Promise(res => addEventListener('hashchange', () => requestAnimationFrame(res),
+                                                                 {once: true}));
+                td.querySelector('a').click();
+                await done;
+                return performance.now() - t; })()""")
+            shots.append(page.screenshot(out_dir / "cross-square.png"))
         requests = page.requests
     return {"bytes": html.stat().st_size, "first_paint_ms": timing.get("first-paint"),
             "first_contentful_paint_ms": timing.get("first-contentful-paint"),
             "dom_interactive_ms": timing.get("domInteractive"), "load_ms": timing.get("load"),
-            "open_to_ready_s": round(ready_s, 2), "requests": requests, "screenshots": shots}
+            "open_to_ready_s": round(ready_s, 2), "open_cross_square_ms": square_ms, "requests": requests,
+            "screenshots": shots}
 
 
 if __name__ == "__main__":

@@ -188,21 +188,164 @@ def test_a_permalink_opens_its_cell_with_the_record_and_the_commands(site, brows
     assert page.eval("document.getElementById('panel-title').textContent") == f"{VIT}[cpu-fp32]"
 
 
+HOSTILE_MESSAGE = 'the reloaded model does not reproduce the logits <img src=x onerror="document.body.dataset.pwned=1">'
+NEW, OLD = "peft021-tf523", "peft012-tf445"
+# the reads of NEW's artifacts by OLD, per cell: (status, stage, exception, message, max diff, known issue, dropped)
+TYPE_ERROR = "LoraConfig.__init__() got an unexpected keyword argument 'use_dora'"
+DORA = ("error", "load", "builtins.TypeError", TYPE_ERROR, None, None, ["use_dora"])
+READS = {
+    "bert_classifier-lora-dora[cpu-fp32]": DORA,
+    "llama_causal-lora-dora[cpu-fp32]": DORA,
+    "vit_224-lora-dora[cpu-fp32]": DORA,
+    "bert_classifier-lora-peft_pickle[cpu-bf16]": ("fail", "compare", "CheckFailed", HOSTILE_MESSAGE, 0.2134567, None,
+                                                   []),
+    "vit_224-lora-posemb_module-peft_safetensors[cpu-fp32]": (
+        "expected-failure", "load", "builtins.KeyError", "'base_model.model.vit.embeddings.patch_embeddings'", None,
+        "https://github.com/huggingface/peft/issues/2099", []),
+    "wav2vec2_ctc-loha[cpu-fp32]": ("not-applicable", None, None, "requires peft>=0.14 (installed: 0.12.0)", None,
+                                    None, []),
+    "llama_causal-lora-peft_safetensors[cpu-fp32]": ("pass", None, None, None, 1e-7, None, []),
+    "resnet_classifier-lora-peft_safetensors[cpu-fp32]": ("pass", None, None, None, 0.0, None, ["layer_replication"]),
+}
+UNREAD = "wav2vec2_ctc-lora-peft_safetensors[cpu-fp32]"  # read by NEW itself only: OLD has no read of it
+OLD_BY_NEW = "bert_classifier-lora-peft_safetensors[cpu-fp32]"  # the one read of OLD's artifacts: NEW fails it
+
+
+@pytest.fixture(scope="module")
+def cross_site(site, tmp_path_factory):
+    """The page with a cross-version table built by the real build_cross from read records: OLD reads NEW's
+    artifacts (failures of several kinds, passes, a not-applicable read), NEW reads its own (all pass) and
+    one of OLD's (a silent fail)."""
+    from harness.reporting.crosstable import build_cross
+
+    versions = {NEW: ("0.21.2", "5.23.0"), OLD: ("0.12.0", "4.45.2")}
+
+    def record(cell_id, writer, status, stage=None, exc=None, message=None, diff=None, known=None, dropped=()):
+        family = cell_id.split("-")[0]
+        return {"cell_id": cell_id, "case_id": cell_id.split("[")[0], "family": family, "adapter": "LoraConfig",
+                "method": "lora", "save_mode": "peft_safetensors", "load_mode": "peft_from_pretrained",
+                "device": "cpu", "dtype": cell_id.split("-")[-1].rstrip("]"), "status": status, "stage": stage,
+                "observed_status": "error" if status == "expected-failure" else None, "max_abs_diff": diff,
+                "exception_type": exc, "message": message, "warnings": [], "dropped_config_fields": list(dropped),
+                "known_issue": {"reference": known, "stage": stage} if known else None,
+                "writer": {"name": writer, "peft": versions[writer][0], "transformers": versions[writer][1],
+                           "verdict": {"status": "pass"}}}
+
+    def read_report(reader, cells):
+        return {"environment": {"tox_env": f"{reader}-read", "peft": versions[reader][0],
+                                "transformers": versions[reader][1], "torch": "2.13.0+cpu", "python": "3.11.7"},
+                "cells": cells}
+
+    by_old = [record(c, NEW, *r) for c, r in READS.items()]
+    by_new = [record(c, NEW, "pass", diff=0.0) for c in [*READS, UNREAD]] + [
+        record(OLD_BY_NEW, OLD, "fail", "compare", "CheckFailed", "the reloaded model does not reproduce the logits",
+               0.5)]
+    cross = build_cross([("old-read.json", read_report(OLD, by_old)), ("new-read.json", read_report(NEW, by_new))])
+    d = tmp_path_factory.mktemp("cross")
+    (d / "compat.html").write_text(html_page(site["matrix"], cross=cross))
+    return {"cross": cross, "html": d / "compat.html"}
+
+
+def _reads(cross, w, r):
+    return {row["cell_id"]: e for row in cross["cells"] for e in row["entries"] if (e["writer"], e["reader"]) == (w, r)}
+
+
 @needs_chromium
-def test_a_square_of_the_cross_grid_opens_the_reads_behind_it(site, browser, tmp_path):
-    cross = site["cross"]
-    w, r = "peft021-tf523", "peft09-tf436"
-    page = browser.open(site["html"].as_uri() + "#cross")
-    page.click(f'#crossgrid td[data-w="{w}"][data-r="{r}"] a')
+def test_a_square_of_the_cross_grid_opens_the_reads_behind_it(cross_site, browser, tmp_path):
+    cross = cross_site["cross"]
+    page = browser.open(cross_site["html"].as_uri() + "#cross")
+    page.click(f'#crossgrid td[data-w="{NEW}"][data-r="{OLD}"] a')
     shot(page, tmp_path, "cross.png")
-    assert page.eval("location.hash") == f"#w={w}&r={r}"
-    listed = page.eval("Array.from(document.querySelectorAll('#panel-body li')).map(li => li.innerText)")
-    behind = [(row["cell_id"], e["status"]) for row in cross["cells"] for e in row["entries"]
-              if e["writer"] == w and e["reader"] == r]
-    assert len(listed) == len(behind) == 6
-    for cell_id, status in behind:
-        assert any(cell_id in item and status in item for item in listed), (cell_id, status)
-    assert any(s != "pass" for _, s in behind)  # the fixture's old reader fails some reads of a newer writer
+    assert page.eval("location.hash") == f"#w={NEW}&r={OLD}"
+    assert page.eval(f"document.querySelector('#crossgrid td[data-w=\"{NEW}\"][data-r=\"{OLD}\"]')"
+                     ".classList.contains('sel')")
+    # the counts per status are cross.json's square
+    [square] = [s for s in cross["grid"] if (s["writer"], s["reader"]) == (NEW, OLD)]
+    counts = page.eval("Object.fromEntries(Array.from(document.querySelectorAll('#cross-counts [data-count]'))"
+                       ".map(e => [e.dataset.count, +e.textContent]))")
+    assert counts == square["counts"] and sum(counts.values()) == len(READS)
+    # every read that did not pass is listed, in a group of its status, with its reason; passes only counted
+    groups = page.eval("Array.from(document.querySelectorAll('#panel-body .rgroup')).map(g => ({status: "
+                       "g.dataset.status, n: +g.dataset.n, text: g.textContent, reads: Array.from("
+                       "g.querySelectorAll('a.read')).map(a => a.dataset.read)}))")
+    reads = _reads(cross, NEW, OLD)
+    listed = {c: g for g in groups for c in g["reads"]}
+    assert set(listed) == {c for c, e in reads.items() if e["status"] != "pass"}
+    for cell_id, e in reads.items():
+        if e["status"] == "pass":
+            continue
+        g = listed[cell_id]
+        assert g["status"] == e["status"] and g["n"] == len(g["reads"])
+        assert (e["known_issue"] or e["reason"]) in g["text"], (cell_id, g["text"])
+    [errors] = [g for g in groups if g["status"] == "error"]  # three identical failures: one group
+    assert errors["n"] == 3 and TYPE_ERROR in errors["text"] and "use_dora" in errors["text"]
+    assert "0.213" in listed["bert_classifier-lora-peft_pickle[cpu-bf16]"]["text"]  # a fail shows its max diff
+    note = page.eval("document.getElementById('pass-note').innerText")
+    assert f"The {square['counts']['pass']} passing read(s) are counted, not listed" in note
+    assert "1 of them saved config fields this reader does not know" in note and "layer_replication (1)" in note
+    unread = len(cross["cells"]) - len(reads)
+    assert unread == 2 and f"{unread} cell(s) of the table were not read by this pair" in note
+    assert page.eval("document.body.dataset.pwned") is None  # a message is text, never markup
+    assert "reproduce the logits <img" in page.eval("document.getElementById('panel-body').innerText")
+    # the square that reads itself: every read passed, nothing is listed
+    page.click(f'#crossgrid td[data-w="{NEW}"][data-r="{NEW}"] a')
+    assert page.eval("document.querySelectorAll('#panel-body a.read').length") == 0
+    assert "Every read that applies passed." in page.eval("document.getElementById('panel-body').innerText")
+
+
+@needs_chromium
+def test_the_overview_sums_up_the_cross_grid_with_the_json_numbers(cross_site, browser, tmp_path):
+    cross = cross_site["cross"]
+    page = browser.open(cross_site["html"].as_uri())
+    shot(page, tmp_path, "overview-cross.png")
+    shown = page.eval("Object.fromEntries(Array.from(document.querySelectorAll('#cross-summary [data-n]'))"
+                      ".map(e => [e.dataset.n, +e.textContent]))")
+    by_status = page.eval("Object.fromEntries(Array.from(document.querySelectorAll('[data-cross-count]'))"
+                          ".map(e => [e.dataset.crossCount, +e.textContent]))")
+    reads = [e for row in cross["cells"] for e in row["entries"]]
+    assert by_status == dict(Counter(e["status"] for e in reads))
+    assert shown["cross-reads"] == len(reads) == 2 * len(READS) + 2
+    assert shown["cross-red"] == sum(statuses.is_red(e["status"]) for e in reads) == 5
+    assert shown["cross-loud"] == 4 and shown["cross-silent"] == 2  # the expected failure is an error underneath
+    assert shown["cross-newest-failing"] == 1  # the newest reader, NEW, fails its one read of OLD's artifacts
+    causes = page.eval("Array.from(document.querySelectorAll('#cross-reasons li')).map(li => li.innerText)")
+    assert TYPE_ERROR in causes[0] and "3 reads in 1 pairs" in causes[0]
+    page.click("#cross-reasons li a")
+    assert page.eval("location.hash") == f"#w={NEW}&r={OLD}"
+    assert page.eval("document.getElementById('panel').hidden") is False
+
+
+@needs_chromium
+def test_a_permalink_to_a_cross_read_opens_that_read(cross_site, browser, tmp_path):
+    cell = "bert_classifier-lora-peft_pickle[cpu-bf16]"
+    page = browser.open(cross_site["html"].as_uri() + f"#w={NEW}&r={OLD}&read={quote(cell)}")
+    shot(page, tmp_path, "cross-read.png")
+    box = page.eval("document.getElementById('read').innerText")
+    assert page.eval("document.getElementById('read').dataset.status") == "fail"
+    for expected in (cell, "fail", "compare", HOSTILE_MESSAGE, "0.213", f"at the writer, {NEW}",
+                     f"at the reader, {OLD}"):
+        assert expected in box, expected
+    assert page.eval("Array.from(document.querySelectorAll('#panel-body a.read.sel')).map(a => a.dataset.read)") \
+        == [cell]
+    assert f"tox -e {OLD}-read -- --writer {NEW} -k '{cell}'" in page.eval(
+        "document.querySelector('#panel-body pre.cmd').innerText")
+    # a click on another read of the list moves the permalink to it
+    other = "vit_224-lora-dora[cpu-fp32]"
+    page.click(f'#panel-body a.read[data-read="{other}"]')
+    page.wait_for(f"location.hash === {json.dumps('#' + f'w={NEW}&r={OLD}&read=' + quote(other, safe=''))}")
+    assert page.eval("document.getElementById('read').dataset.status") == "error"
+    # a passing read is not listed, yet its permalink says that it passed; a cell the pair did not read says so
+    page = browser.open(cross_site["html"].as_uri() + f"#w={NEW}&r={OLD}&read="
+                        + quote("llama_causal-lora-peft_safetensors[cpu-fp32]"))
+    assert page.eval("document.getElementById('read').dataset.status") == "pass"
+    page = browser.open(cross_site["html"].as_uri() + f"#w={NEW}&r={OLD}&read={quote(UNREAD)}")
+    assert page.eval("document.getElementById('read').dataset.status") == "none"
+    assert "Not read" in page.eval("document.getElementById('read').innerText")
+    # the link from a read to the heat map opens that cell's entry there
+    page = browser.open(cross_site["html"].as_uri() + f"#w={NEW}&r={OLD}&read={quote(cell)}")
+    page.click("#read a[href^='#cell=']")
+    page.wait_for("document.getElementById('panel').dataset.at")
+    assert page.eval("document.getElementById('panel').dataset.at") == NEW
 
 
 def test_merge_previous_flag_and_a_bad_previous_table(site, tmp_path, capsys):

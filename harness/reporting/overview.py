@@ -11,7 +11,8 @@ table and the previous run's matrix). Pure data: render.py lays it out as HTML a
   outcomes);
 - "since when" strips: every seed scenario's cells and every known issue, one square per environment, with
   the first failing and the first passing release and the edges `bisect` found;
-- the heat map's rows, grouped by family and method.
+- the heat map's rows, grouped by family and method;
+- the writer x reader grid in numbers (cross_summary), when a cross-version table is merged.
 """
 from __future__ import annotations
 
@@ -227,6 +228,45 @@ def issue_strips(matrix: dict) -> list[dict]:
 
 def cross_issues(matrix: dict) -> list[dict]:
     return [k for k in matrix.get("known_issues") or [] if k.get("cross")]
+
+
+def cross_summary(cross: dict | None, limit: int = 8) -> dict | None:
+    """The writer x reader grid in a few numbers, for the overview: reads per status over the whole grid (the
+    page shows them; the browser test compares them with cross.json), the red ones, the loud (an error at a
+    stage) and silent (it loads, then computes other logits) failures of crosstable.findings, what the newest
+    reader makes of the older environments' artifacts, and the most frequent causes of the red reads (status,
+    stage, reason), each with how many pairs it touches and the pair with most of it."""
+    if cross is None:
+        return None
+    counts = Counter()
+    for square in cross["grid"]:
+        counts.update(square["counts"])
+    by_status = dict(sorted(counts.items(), key=lambda kv: statuses.RANK[kv[0]]))
+    readers = [e["name"] for e in cross["environments"] if e.get("read")]
+    newest = readers[-1] if readers else None
+    from_older = [s for s in cross["grid"] if s["reader"] == newest and s["writer"] != newest]
+    red_of = {(s["writer"], s["reader"]): sum(n for st, n in s["counts"].items() if statuses.is_red(st))
+              for s in cross["grid"]}
+    reasons: dict[tuple, Counter] = {}  # (status, stage, reason) of the red reads -> reads per pair
+    for row in cross["cells"]:
+        for e in row["entries"]:
+            if statuses.is_red(e["status"]):
+                cause = (e["status"], e["stage"], e["reason"] or "")
+                reasons.setdefault(cause, Counter())[(e["writer"], e["reader"])] += 1
+    top = sorted(reasons.items(), key=lambda kv: (-sum(kv[1].values()), statuses.RANK[kv[0][0]], kv[0]))[:limit]
+    return {"reads": sum(counts.values()), "cells": len(cross["cells"]), "by_status": by_status,
+            "red": sum(n for s, n in counts.items() if statuses.is_red(s)),
+            "loud": sum(f["loud"] for f in cross["findings"]), "silent": sum(f["silent"] for f in cross["findings"]),
+            "unexpected": sum(f["unexpected"] for f in cross["findings"]),
+            "pairs": len(cross["grid"]), "red_pairs": sum(1 for n in red_of.values() if n),
+            "newest": newest, "newest_writers": len(from_older),
+            "newest_reads": sum(s["total"] for s in from_older),
+            "newest_failing": sum(n for s in from_older for st, n in s["counts"].items()
+                                  if statuses.outcome(st) == "fail"),
+            "reasons": [{"status": st, "stage": stage, "reason": reason, "reads": sum(pairs.values()),
+                         "pairs": len(pairs), "writer": pairs.most_common(1)[0][0][0],
+                         "reader": pairs.most_common(1)[0][0][1]} for (st, stage, reason), pairs in top],
+            "more_reasons": max(0, len(reasons) - limit)}
 
 
 # --- heat map groups -----------------------------------------------------------------------------------------

@@ -4,21 +4,25 @@ file, no network).
 
 The page opens on the answer, then the evidence:
 1. the overview (overview.py): what fails on the newest releases, regressions and fixes since a previous
-   table (`merge --previous OLD.json`), known issues without an upstream report, the entry counts, the
+   table (`merge --previous OLD.json`), known issues without an upstream report, the writer x reader grid
+   in numbers (reads per status, loud and silent failures, the most frequent causes), the entry counts, the
    pass-rate chart (charts.py, inline SVG);
 2. the heat map: cells grouped by family and method x environments, one colour and one glyph per status
    (GLYPHS: the shape says it without the colour), with filters (family, method, status, environment, text);
 3. "since when": a strip across releases for every seed scenario and every known issue, with the first
    failing and first passing release and the edges `bisect` found;
-4. across versions: the writer x reader grid of cross.json, each square opening the reads behind it;
+4. across versions: the writer x reader grid of cross.json, each square opening the reads behind it: its
+   counts per status, and the reads that did not pass grouped by identical failure (cross_data);
 5. the environments.
 Every entry of the heat map opens a detail panel (the record's fields and the commands that reproduce it)
 and has a permalink: compat.html#cell=<cell id>&at=<env>; #w=<writer>&r=<reader> opens a square of the
-cross grid. Every view state (filters included) lives in the URL fragment.
+cross grid, #w=<writer>&r=<reader>&read=<cell id> one read in it (a passing read, which the page counts but
+does not list, says that it passed). Every view state (filters included) lives in the URL fragment.
 
 Everything the overview, the strips and the grids say is rendered here, so it reads without JavaScript; the
-heat map's details are one JSON document in the page that the script reads when a square is opened (a
-page of 25 environments x 1,000 cells stays about 1 MB, and paints before the script runs). Template, style
+heat map's details are one JSON document in the page that the script reads when a square is opened, the
+cross grid's another, read when one of its squares opens (25 environments x 1,008 cells plus 100,000 reads
+make a 2 MB page; the real matrix with its 94,530 reads 1.15 MB; both paint before the script runs). Template, style
 sheet, script and SVG template are files in assets/. Only http(s) references become links.
 """
 from __future__ import annotations
@@ -281,8 +285,8 @@ def _page_entry(entry: dict, status_index: dict, row_tolerance, text: _Strings) 
                   tol if tol is not None and tol != row_tolerance else None, text(reason)])
 
 
-def page_data(matrix: dict, rows: list[dict], cross: dict | None) -> dict:
-    """What the panel shows, for the script: environments, statuses, rows by cell id, cross squares."""
+def page_data(matrix: dict, rows: list[dict]) -> dict:
+    """What the heat map's panel shows, for the script: environments, statuses, rows by cell id."""
     names = list(statuses.BY_NAME)
     index = {s: i for i, s in enumerate(names)}
     since = {s["cell_id"]: s["text"] for s in matrix["since"]}
@@ -302,22 +306,75 @@ def page_data(matrix: dict, rows: list[dict], cross: dict | None) -> dict:
             "envs": [{"name": e["name"], "state": e["state"], "reason": e.get("reason") or "",
                       **{p: e["versions"].get(p) for p in ("peft", "transformers", "torch", "python")}}
                      for e in matrix["environments"]],
-            "rows": data_rows, "strings": text.items, "cross": None}
-    if cross is not None:
-        # per square: "p" the indices (into "cells") of the reads that passed, "o" the others in full
-        cells = [crow["cell_id"] for crow in cross["cells"]]
-        squares: dict[str, dict] = {}
-        for k, crow in enumerate(cross["cells"]):
-            for e in crow["entries"]:
-                square = squares.setdefault(f"{e['writer']}|{e['reader']}", {"p": [], "o": []})
-                if e["status"] == "pass" and not e.get("dropped_config_fields"):
-                    square["p"].append(k)
-                else:
-                    square["o"].append(_trim([k, index[e["status"]], e.get("stage"), e.get("max_abs_diff"),
-                                              e.get("reason"), e.get("known_issue"), e.get("message"),
-                                              e.get("dropped_config_fields")]))
-        data["cross"] = {"cells": cells, "squares": squares}
+            "rows": data_rows, "strings": text.items}
     return data
+
+
+def _diff(value):
+    """A max abs diff as the panel prints it (3 significant digits): the page need not carry more."""
+    return None if value is None else float(f"{value:.3g}")
+
+
+def cross_data(cross: dict) -> dict:
+    """What a square of the writer x reader grid opens, for the script (a JSON document of its own, read only
+    when a square is opened). Per square ("<writer>|<reader>"):
+      "c": [[status index, count], ...] every read counted, passes included;
+      "g": the reads that did not pass, grouped: one group per identical failure, as
+           [failure, [cell index, ...], [max diff, ...] (only where recorded)]; a failure is an index into
+           "failures", each stored once for the whole grid: [status, stage, reason, known issue, message,
+           config fields the reader does not know] (texts are indices into "strings"; trailing empties
+           dropped); not-applicable reads are groups too (their cell indices cost a few bytes);
+      "d": [passing reads whose saved config has fields this reader does not know, [[field, count], ...]];
+      "u": an index into "unread", the lists of cells with no read for a square (stored once per distinct list:
+           it is usually the cells the writer saved no artifact of).
+    Passing reads are counts, not a list: a cell that neither a group nor the square's unread list names
+    passed there.
+    """
+    names = list(statuses.BY_NAME)
+    index = {s: i for i, s in enumerate(names)}
+    text = _Strings()
+    failures: dict[tuple, int] = {}
+    squares: dict[str, dict] = {}
+    for k, crow in enumerate(cross["cells"]):
+        for e in crow["entries"]:
+            name = f"{e['writer']}|{e['reader']}"
+            sq = squares.get(name)
+            if sq is None:
+                sq = squares[name] = {"c": Counter(), "g": {}, "d": Counter(), "dn": 0, "read": set()}
+            status = e["status"]
+            sq["c"][index[status]] += 1
+            sq["read"].add(k)
+            dropped = e.get("dropped_config_fields") or []
+            if status == "pass":
+                if dropped:
+                    sq["dn"] += 1
+                    sq["d"].update(dropped)
+                continue
+            message = e.get("message")
+            failure = (index[status], text(e.get("stage")), text(e.get("reason")), text(e.get("known_issue")),
+                       text(message if message and message.strip() != (e.get("reason") or "").strip() else None),
+                       text(", ".join(dropped) or None))
+            key = failures.setdefault(failure, len(failures))
+            group = sq["g"].setdefault(key, ([], []))
+            group[0].append(k)
+            group[1].append(_diff(e.get("max_abs_diff")))
+    by_key = {k: f for f, k in failures.items()}
+    out = {}
+    unread: dict[tuple, int] = {}
+    every = range(len(cross["cells"]))
+    for name, sq in squares.items():
+        groups = sorted(sq["g"].items(), key=lambda kv: (statuses.RANK[names[by_key[kv[0]][0]]], -len(kv[1][0]),
+                                                          kv[1][0]))
+        out[name] = {"c": sorted(([s, n] for s, n in sq["c"].items()), key=lambda sn: statuses.RANK[names[sn[0]]]),
+                     "g": [_trim([key, cells, diffs if any(d is not None for d in diffs) else None])
+                           for key, (cells, diffs) in groups]}
+        if sq["dn"]:
+            out[name]["d"] = [sq["dn"], sorted(([f, n] for f, n in sq["d"].items()), key=lambda fn: (-fn[1], fn[0]))]
+        missing = tuple(k for k in every if k not in sq["read"])
+        if missing:
+            out[name]["u"] = unread.setdefault(missing, len(unread))
+    return {"cells": [crow["cell_id"] for crow in cross["cells"]], "squares": out, "strings": text.items,
+            "failures": [_trim(list(f)) for f in failures], "unread": [list(m) for m in unread]}
 
 
 def _worst(counts: dict) -> str:
@@ -392,7 +449,9 @@ def html_page(matrix: dict, *, cross: dict | None = None, previous: dict | None 
         methods=sorted({g["method"] for g in groups}), n_rows=len(rows),
         seeds=overview.seed_strips(matrix), issues=overview.issue_strips(matrix),
         cross_issues=overview.cross_issues(matrix), cross=cross_model(cross),
-        data=_json_for_script(page_data(matrix, rows, cross)),
+        cross_summary=overview.cross_summary(cross),
+        data=_json_for_script(page_data(matrix, rows)),
+        cross_data=_json_for_script(cross_data(cross)) if cross is not None else None,
         status_sets=_json_for_script({"red": list(statuses.RED), "failing": list(statuses.FAILED)}),
     )
 

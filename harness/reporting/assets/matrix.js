@@ -2,7 +2,8 @@
   'use strict';
   // compat.html's script: filters for the heat map, the detail panel, and the URL fragment that holds both
   // (#family=..&method=..&status=..&env=..&q=.. for the filters; #cell=<cell id>&at=<env> for an entry;
-  // #cell=<cell id> for a cell across environments; #w=<writer>&r=<reader> for a square of the cross grid).
+  // #cell=<cell id> for a cell across environments; #w=<writer>&r=<reader> for a square of the cross grid,
+  // #w=<writer>&r=<reader>&read=<cell id> for one read in it).
   const heat = document.getElementById('heat');
   const panel = document.getElementById('panel');
   const body = document.getElementById('panel-body');
@@ -10,6 +11,7 @@
                status: document.getElementById('f-status'), env: document.getElementById('f-env'),
                q: document.getElementById('f-q')};
   const FILTERS = ['family', 'method', 'status', 'env', 'q'];
+  const PANEL = ['cell', 'at', 'w', 'r', 'read'];  // what the panel shows
   const envNames = Array.from(heat.tHead.rows[0].cells).slice(1).map(th => th.textContent);
   const groups = Array.from(heat.tBodies).map(tb => ({tb, family: tb.dataset.family, method: tb.dataset.method,
     rows: Array.from(tb.rows).slice(1).map(tr => ({tr, id: tr.id, lower: tr.id.toLowerCase(),
@@ -119,23 +121,81 @@
         ['case', '<code>' + esc(row.case) + '</code>: ' + esc(row.family) + ', ' + esc(row.adapter) + ', save ' + esc(row.save || '?') + ' → load ' + esc(row.load || '?')]]) +
       '<ul>' + row.e.map((x, i) => '<li><a href="#' + esc(hashOf({cell: cellId, at: d.envs[i].name})) + '">' + esc(d.envs[i].name) + '</a>: ' + badge(d.statuses[x[0]]) + (x[1] ? ' at ' + esc(x[1]) : '') + '</li>').join('') + '</ul>';
   }
-  function crossPanel(w, r){
-    const d = D();
-    const square = d.cross && d.cross.squares[w + '|' + r];
-    const items = square && square.o.concat(square.p.map(k => [k, d.statuses.indexOf('pass')]))
-      .map(x => [d.cross.cells[x[0]], ...x.slice(1)]);
-    if (!items) return '<p>No reads of <code>' + esc(w) + '</code> by <code>' + esc(r) + '</code>.</p>';
-    const sorted = items.slice().sort((a, b) => a[1] - b[1] || (a[0] < b[0] ? -1 : 1));
-    const bad = sorted.find(x => FAILING.has(d.statuses[x[1]]) || RED.has(d.statuses[x[1]]));
-    const cell = bad ? bad[0] : sorted[0][0];
+  // --- a square of the writer x reader grid (its own JSON document, "cross-data": render.cross_data) ----------
+  let crossData;
+  function X(){ if (crossData === undefined){ const el = document.getElementById('cross-data'); crossData = el ? JSON.parse(el.textContent) : null; } return crossData; }
+  function firstLine(t){ return String(t || '').trim().split('\n')[0]; }
+  function crossGroups(x, sq){
+    const d = D(), S = k => k == null ? null : x.strings[k];
+    return sq.g.map(g => { const f = x.failures[g[0]];
+      return {status: d.statuses[f[0]], stage: S(f[1]), reason: S(f[2]), known: S(f[3]), message: S(f[4]), dropped: S(f[5]),
+              cells: g[1].map(k => x.cells[k]), diffs: g[2] || []}; });
+  }
+  function groupText(g){ return g.known ? firstLine(g.message) || firstLine(g.reason) : (g.reason || firstLine(g.message)); }
+  const SHOWN_READS = 12;  // a longer group shows its first reads and folds the others
+  function readLinks(w, r, g, read){
+    const links = g.cells.map((c, i) => '<a class="read' + (c === read ? ' sel' : '') + '" data-read="' + esc(c) + '" href="#' + esc(hashOf({w, r, read: c})) + '"><code>' + esc(c) + '</code></a>' +
+      (g.diffs[i] != null ? ' <span class="muted">' + esc(fmt(g.diffs[i])) + '</span>' : ''));
+    if (links.length <= SHOWN_READS + 2) return '<p class="reads">' + links.join(' · ') + '</p>';
+    const open = g.cells.indexOf(read) >= SHOWN_READS ? ' open' : '';
+    return '<p class="reads">' + links.slice(0, SHOWN_READS).join(' · ') + '</p><details class="more"' + open + '><summary>' +
+      (links.length - SHOWN_READS) + ' more read(s) of this group</summary><p class="reads">' + links.slice(SHOWN_READS).join(' · ') + '</p></details>';
+  }
+  function groupBlock(w, r, g, read){
+    const shown = groupText(g), msg = g.message && (g.message.trim() !== firstLine(g.message) || g.message.length > 200) ? g.message : null;
+    return '<div class="rgroup" data-status="' + esc(g.status) + '" data-n="' + g.cells.length + '"><p>' + badge(g.status) +
+      (g.stage ? ' at ' + esc(g.stage) : '') + ' · <b>' + g.cells.length + '</b> read(s)' +
+      (g.known ? ' <span class="muted">known: ' + ref(g.known) + '</span>' : '') +
+      (shown ? '<br><span class="why">' + esc(shown) + '</span>' : '') + '</p>' +
+      (msg ? '<details><summary>message</summary><pre>' + esc(msg) + '</pre></details>' : '') +
+      (g.dropped ? '<p class="muted">saved config fields this reader does not know: ' + esc(g.dropped) + '</p>' : '') +
+      readLinks(w, r, g, read) + '</div>';
+  }
+  function readBox(w, r, read, found, x, nPass){
+    if (!found){
+      const k = x.cells.indexOf(read), sq = x.squares[w + '|' + r];
+      if (k < 0) return '<div id="read"><p>No cell <code>' + esc(read) + '</code> in the cross-version table.</p></div>';
+      if (sq.u != null && x.unread[sq.u].includes(k))
+        return '<div id="read" data-status="none"><h4><code>' + esc(read) + '</code></h4><p>Not read: no read of this cell by <code>' + esc(r) +
+          '</code> from <code>' + esc(w) + '</code> is recorded (usually: the writer saved no artifact of it).</p></div>';
+      return '<div id="read" data-status="pass"><h4>this read: <code>' + esc(read) + '</code></h4><p>' + badge('pass') +
+        ' it reproduced the writer\'s logits (one of the ' + nPass + ' passing reads, which are counted, not listed).</p></div>';
+    }
+    const g = found.g, diff = g.diffs[found.i];
+    return '<div id="read" data-status="' + esc(g.status) + '"><h4>this read: <code>' + esc(read) + '</code></h4>' + dl([
+      ['status', badge(g.status)], ['stage', esc(g.stage || '–')],
+      g.reason ? ['reason', esc(g.reason)] : null,
+      g.message && !(g.reason || '').includes(g.message.trim()) ? ['message', '<pre>' + esc(g.message) + '</pre>'] : null,
+      ['max abs diff', esc(fmt(diff))],
+      g.known ? ['known issue', ref(g.known)] : null,
+      g.dropped ? ['unknown config fields', esc(g.dropped)] : null,
+      ['own round trips', '<a href="#' + esc(hashOf({cell: read, at: w})) + '">at the writer, ' + esc(w) + '</a> · <a href="#' + esc(hashOf({cell: read, at: r})) + '">at the reader, ' + esc(r) + '</a> <span class="muted">(the heat map)</span>']]) + '</div>';
+  }
+  function crossPanel(w, r, read){
+    const d = D(), x = X();
+    const sq = x && x.squares[w + '|' + r];
+    if (!sq) return '<p>No reads of <code>' + esc(w) + '</code> by <code>' + esc(r) + '</code>.</p>';
+    const total = sq.c.reduce((a, sn) => a + sn[1], 0);
+    const nPass = (sq.c.find(sn => d.statuses[sn[0]] === 'pass') || [0, 0])[1];
+    const groups = crossGroups(x, sq), listed = groups.filter(g => g.status !== 'not-applicable'), na = groups.filter(g => g.status === 'not-applicable');
+    let found = null;
+    if (read) for (const g of groups){ const i = g.cells.indexOf(read); if (i >= 0){ found = {g, i}; break; } }
+    const nListed = listed.reduce((a, g) => a + g.cells.length, 0), nNa = na.reduce((a, g) => a + g.cells.length, 0);
+    const cell = found ? read : (listed.length ? listed[0].cells[0] : '<cell id>');
+    const dropped = sq.d ? ' ' + sq.d[0] + ' of them saved config fields this reader does not know (dropped, and it still passed): ' +
+      sq.d[1].map(fn => esc(fn[0]) + ' (' + fn[1] + ')').join(', ') + '.' : '';
     const redirect = 'PEFT_COMPAT_REPORTS=repro PEFT_COMPAT_ARTIFACTS=repro/artifacts';
     return '<h3 id="panel-title">written by <code>' + esc(w) + '</code>, read by <code>' + esc(r) + '</code></h3>' +
-      '<p>' + items.length + ' read(s) · <a id="permalink" href="#' + esc(hashOf({w, r})) + '">permalink</a></p><ul>' +
-      sorted.map(x => '<li>' + badge(d.statuses[x[1]]) + ' <a href="#' + esc(hashOf({cell: x[0], at: r})) + '"><code>' + esc(x[0]) + '</code></a>' +
-        (x[2] ? ' at ' + esc(x[2]) : '') + (x[3] != null ? ' <span class="muted">max diff ' + esc(fmt(x[3])) + '</span>' : '') +
-        (x[5] ? ' <span class="muted">known: ' + ref(x[5]) + '</span>' : (x[4] ? ' <span class="muted">' + esc(x[4]) + '</span>' : '')) +
-        (x[7] && x[7].length ? ' <span class="muted">dropped config fields: ' + esc(x[7].join(', ')) + '</span>' : '') + '</li>').join('') + '</ul>' +
-      '<h4>Reproduce one read</h4><pre class="cmd">' + esc(
+      '<p>' + total + ' read(s) · <a id="permalink" href="#' + esc(hashOf({w, r})) + '">permalink</a></p>' +
+      '<p class="counts" id="cross-counts">' + sq.c.map(sn => badge(d.statuses[sn[0]]) + ' <b data-count="' + esc(d.statuses[sn[0]]) + '">' + sn[1] + '</b>').join(' · ') + '</p>' +
+      (read ? readBox(w, r, read, found, x, nPass) : '') +
+      '<p class="muted" id="pass-note">The <b>' + nPass + '</b> passing read(s) are counted, not listed: a cell that no group below names passed here' +
+        (sq.u != null ? ' (' + x.unread[sq.u].length + ' cell(s) of the table were not read by this pair)' : '') + '.' + dropped + '</p>' +
+      (listed.length ? '<h4>' + nListed + ' read(s) that did not pass, in ' + listed.length + ' group(s) of identical failures (each cell links to its read)</h4>' +
+        listed.map(g => groupBlock(w, r, g, read)).join('') : '<h4>Every read that applies passed.</h4>') +
+      (na.length ? '<details id="not-applicable"' + (found && found.g.status === 'not-applicable' ? ' open' : '') + '><summary>' + nNa + ' not applicable</summary>' + na.map(g => groupBlock(w, r, g, read)).join('') + '</details>' : '') +
+      '<h4>Reproduce ' + (found ? 'this read' : 'one read') + '</h4><pre class="cmd">' + esc(
+        '# write with ' + w + ', then read its artifact with ' + r + '\n' +
         redirect + ' tox -e ' + w + ' -- -k ' + q(cell) + '\n' + redirect + ' tox -e ' + r + '-read -- --writer ' + w + ' -k ' + q(cell)) + '</pre>';
   }
   let selected = null;
@@ -153,17 +213,21 @@
         const i = envNames.indexOf(state.at);
         if (tr && i >= 0) td = tr.cells[i + 1];
       } else html = cellPanel(state.cell);
-    } else if (state.w && state.r) html = crossPanel(state.w, state.r);
+    } else if (state.w && state.r){
+      html = crossPanel(state.w, state.r, state.read);
+      td = document.querySelector('#crossgrid td[data-w="' + CSS.escape(state.w) + '"][data-r="' + CSS.escape(state.r) + '"]');
+    }
     select(td, tr);
     if (html === null){ panel.hidden = true; body.innerHTML = ''; return; }
     body.innerHTML = html;
     panel.hidden = false;
     panel.dataset.cell = state.cell || '';
     panel.dataset.at = state.at || '';
+    panel.scrollTop = 0;
     if (tr){
       if (tr.hidden){ tr.hidden = false; tr.parentNode.hidden = false; }
       (td || tr).scrollIntoView({block: 'center', inline: 'center'});
-    }
+    } else if (td) td.scrollIntoView({block: 'center', inline: 'nearest'});
   }
 
   // --- state <-> URL fragment ---------------------------------------------------------------------------------
@@ -171,12 +235,12 @@
     const raw = location.hash.replace(/^#/, '');
     const p = new URLSearchParams(raw);
     state = {};
-    for (const k of [...FILTERS, 'cell', 'at', 'w', 'r']) if (p.get(k)) state[k] = p.get(k);
+    for (const k of [...FILTERS, ...PANEL]) if (p.get(k)) state[k] = p.get(k);
     if (raw && !raw.includes('=')){ const id = decodeURIComponent(raw); if (D().rows[id]) state.cell = id; }
     for (const k of FILTERS) ctl[k].value = state[k] || '';
   }
   function writeHash(){
-    const h = hashOf(Object.fromEntries([...FILTERS, 'cell', 'at', 'w', 'r'].map(k => [k, state[k]])));
+    const h = hashOf(Object.fromEntries([...FILTERS, ...PANEL].map(k => [k, state[k]])));
     history.replaceState(null, '', h ? '#' + h : location.pathname + location.search);
   }
   function render(){ applyFilters(); openPanel(); }
@@ -187,11 +251,11 @@
     const td = ev.target.closest('td');
     if (!td || !heat.contains(td)) return;
     const tr = td.parentNode;
-    Object.assign(state, {cell: tr.id, at: envNames[td.cellIndex - 1], w: '', r: ''});
+    Object.assign(state, {cell: tr.id, at: envNames[td.cellIndex - 1], w: '', r: '', read: ''});
     writeHash(); openPanel();
   });
   document.getElementById('panel-close').addEventListener('click', () => {
-    Object.assign(state, {cell: '', at: '', w: '', r: ''}); writeHash(); openPanel();
+    Object.assign(state, {cell: '', at: '', w: '', r: '', read: ''}); writeHash(); openPanel();
   });
   window.addEventListener('hashchange', () => { readHash(); render(); });
   readHash(); render();

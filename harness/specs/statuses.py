@@ -40,11 +40,11 @@ _ALL = (
            "the environment could not be set up or did not run (merged table only)"),
     Status("missing", True, None, "matrix", "missing", "∅",
            "the environment ran but its report lacks the cell (merged table only): never read as green"),
+    Status("expected-failure", False, "fail", "cell", "xfail", "⚠️",
+           "a failure listed in the known-issues table for these versions (with its upstream reference)"),
     Status("base-incompatible", False, None, "cross", "base-incompat", "⛔",
            "cross-version read: the writer's base checkpoint does not load here, or its base logits already "
            "differ; not the adapter's fault"),
-    Status("expected-failure", False, "fail", "cell", "xfail", "⚠️",
-           "a failure listed in the known-issues table for these versions (with its upstream reference)"),
     Status("pass", False, "pass", "cell", "pass", "✅",
            "the round trip reproduced the logits within tolerance, and the adapter was not a no-op"),
     Status("not-applicable", False, "n/a", "cell", "n/a", "➖",

@@ -66,6 +66,10 @@ OTHERS = [
     ("unknown-config-field", "builtins.TypeError", "IA3Config.__init__() got an unexpected keyword argument 'exclude_modules'"),
     ("unknown-config-field", "builtins.TypeError",
      "PrefixTuningConfig.__init__() got an unexpected keyword argument 'init_weights'"),
+    ("peft-below-transformers-minimum", "builtins.ValueError",
+     "The version of PEFT you are using is not compatible, please use a version >= 0.22.0"),
+    ("no-past-key-values", "builtins.ValueError",
+     "Model does not support past key values which are required for prefix tuning."),
     # a library passing a keyword its callee lacks is not a config field
     ("unexpected-keyword", "builtins.TypeError",
      "PeftModelForSequenceClassification.add_adapter() got an unexpected keyword argument 'low_cpu_mem_usage'"),

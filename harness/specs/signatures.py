@@ -73,6 +73,14 @@ _ALL = (
               "as a ValueError or NoMatchingPeftModuleError, per method and release",
               (r"Target modules .* not found in the base model", r"No modules were targeted for adaptation",
                r"No layers types compatible with \w+ were found")),
+    Signature("peft-below-transformers-minimum",
+              "transformers' PEFT integration (add_adapter, load_adapter, set_adapter...) refuses the installed peft: "
+              "it is older than the integration's MIN_PEFT_VERSION",
+              (r"The version of PEFT you are using is not compatible, please use a version >=",)),
+    Signature("no-past-key-values",
+              "prompt learning that injects into the KV cache (prefix tuning) finds no `past_key_values` argument in "
+              "the model's forward signature (absent, or renamed by a newer transformers)",
+              (r"does not support past key values which are required for prefix tuning",)),
     Signature("unexpected-keyword",
               "a library passes a keyword argument that its callee does not accept (version skew)",
               (r"got an unexpected keyword argument",)),

@@ -522,15 +522,15 @@ LOAD_MODES: dict[str, LoadMode] = {m.name: m for m in [
     LoadMode("peft_inject_set_state_dict", "adapter_dir", _peft_inject_set_state_dict,
              "inject_adapter_in_model(config, fresh base) + set_peft_model_state_dict(model, saved weights)",
              repro="""
-                 def read_weights(folder):
-                     st = os.path.join(folder, "adapter_model.safetensors")
-                     if os.path.isfile(st):
-                         from safetensors.torch import load_file
-                         return load_file(st)
-                     return torch.load(os.path.join(folder, "adapter_model.bin"), map_location="cpu", weights_only=True)
+                 st = os.path.join(path, "adapter_model.safetensors")  # else adapter_model.bin
+                 if os.path.isfile(st):
+                     from safetensors.torch import load_file
+                     weights = load_file(st)
+                 else:
+                     weights = torch.load(os.path.join(path, "adapter_model.bin"), map_location="cpu", weights_only=True)
                  model = peft.inject_adapter_in_model(fresh_config(), fresh_base(base_dir))
                  prefix = "base_model.model."
-                 state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in read_weights(path).items()}
+                 state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in weights.items()}
                  result = peft.set_peft_model_state_dict(model, state, **options)
                  # strict=False: every base weight is "missing" by construction; the adapter keys count
                  missing = [k for k in result.missing_keys if any(m in k for m in ADAPTER_KEY_MARKERS)]
@@ -550,15 +550,15 @@ LOAD_MODES: dict[str, LoadMode] = {m.name: m for m in [
     LoadMode("transformers_load_adapter_state_dict", "adapter_dir", _transformers_load_state_dict,
              "transformers from_pretrained(base) + load_adapter(peft_config=..., adapter_state_dict=saved tensors)",
              repro="""
-                 def read_weights(folder):
-                     st = os.path.join(folder, "adapter_model.safetensors")
-                     if os.path.isfile(st):
-                         from safetensors.torch import load_file
-                         return load_file(st)
-                     return torch.load(os.path.join(folder, "adapter_model.bin"), map_location="cpu", weights_only=True)
+                 st = os.path.join(path, "adapter_model.safetensors")  # else adapter_model.bin
+                 if os.path.isfile(st):
+                     from safetensors.torch import load_file
+                     weights = load_file(st)
+                 else:
+                     weights = torch.load(os.path.join(path, "adapter_model.bin"), map_location="cpu", weights_only=True)
                  model = fresh_base(base_dir)
                  config = peft.PeftConfig.from_pretrained(path)
-                 result = model.load_adapter(peft_config=config, adapter_state_dict=read_weights(path), **options)
+                 result = model.load_adapter(peft_config=config, adapter_state_dict=weights, **options)
                  return model, result
              """),
     LoadMode("transformers_auto", "adapter_dir", _transformers_auto,

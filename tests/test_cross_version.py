@@ -291,8 +291,8 @@ def test_a_load_through_the_saved_base_path_reads_another_writers_artifact(write
     if apply == "add_adapter" and not _transformers_integration_usable():
         pytest.skip("the installed transformers refuses the installed peft for add_adapter / load_adapter")
     monkeypatch.setenv("TOX_ENV_NAME", "writer-a")
-    case = load_case_file(write_case(devices=["cpu"], adapter={
-        "type": "LoraConfig", "apply": apply, "kwargs": {"r": 4, "lora_alpha": 8, "target_modules": ["query", "value"]}},
+    kwargs = {"r": 4, "lora_alpha": 8, "target_modules": ["query", "value"]}
+    case = load_case_file(write_case(devices=["cpu"], adapter={"type": "LoraConfig", "apply": apply, "kwargs": kwargs},
         save={"mode": save_mode}, load={"mode": load_mode}))
     record, cell = _write_and_close(case, tmp_path / "artifacts")
     assert record["status"] == "pass", record["message"]
@@ -321,8 +321,17 @@ def test_a_bin_save_after_add_adapter_is_read_from_the_files_the_manifest_lists(
         load={"mode": "transformers_load_adapter"}))
     record, cell = _write_and_close(case, tmp_path / "artifacts")
     assert record["status"] == "pass", record["message"]
+    from packaging.version import Version
+
+    import transformers
+
     manifest = read_manifest(cell)
-    saved = [os.path.basename(f) for f in manifest["files"] if f.startswith(manifest["saved"])]
-    assert "adapter_model.bin" in saved and "adapter_model.safetensors" not in saved, saved
+    writer_dir = os.path.dirname(os.path.dirname(cell))
+    listed = sorted(os.path.basename(f) for f in manifest["files"] if f.startswith(manifest["saved"]))
+    assert listed == sorted(os.listdir(os.path.join(writer_dir, manifest["saved"])))
+    weights = [name for name in listed if name.startswith("adapter_model.")]
+    # transformers 4.x writes the .bin asked for; 5.x writes safetensors whatever safe_serialization says
+    expected = "adapter_model.bin" if Version(transformers.__version__) < Version("5") else "adapter_model.safetensors"
+    assert weights == [expected], listed
     read = read_cell(case, cell)
     assert read["status"] == "pass", read["message"]

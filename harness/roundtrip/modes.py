@@ -527,7 +527,8 @@ LOAD_MODES: dict[str, LoadMode] = {m.name: m for m in [
                      from safetensors.torch import load_file
                      weights = load_file(st)
                  else:
-                     weights = torch.load(os.path.join(path, "adapter_model.bin"), map_location="cpu", weights_only=True)
+                     weights = torch.load(os.path.join(path, "adapter_model.bin"), map_location="cpu",
+                                          weights_only=True)
                  model = peft.inject_adapter_in_model(fresh_config(), fresh_base(base_dir))
                  prefix = "base_model.model."
                  state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in weights.items()}
@@ -539,7 +540,8 @@ LOAD_MODES: dict[str, LoadMode] = {m.name: m for m in [
     LoadMode("peft_mixed", "adapter_tree", _peft_mixed,
              "PeftMixedModel.from_pretrained(first adapter folder) + load_adapter(the others), all active",
              repro="""
-                 names = sorted(n for n in os.listdir(path) if os.path.isfile(os.path.join(path, n, "adapter_config.json")))
+                 names = sorted(n for n in os.listdir(path)
+                                if os.path.isfile(os.path.join(path, n, "adapter_config.json")))
                  model = peft.PeftMixedModel.from_pretrained(fresh_base(base_dir), os.path.join(path, names[0]),
                                                             adapter_name=names[0])
                  for name in names[1:]:
@@ -555,7 +557,8 @@ LOAD_MODES: dict[str, LoadMode] = {m.name: m for m in [
                      from safetensors.torch import load_file
                      weights = load_file(st)
                  else:
-                     weights = torch.load(os.path.join(path, "adapter_model.bin"), map_location="cpu", weights_only=True)
+                     weights = torch.load(os.path.join(path, "adapter_model.bin"), map_location="cpu",
+                                          weights_only=True)
                  model = fresh_base(base_dir)
                  config = peft.PeftConfig.from_pretrained(path)
                  result = model.load_adapter(peft_config=config, adapter_state_dict=weights, **options)

@@ -251,3 +251,87 @@ def test_merge_strict_is_red_on_a_red_cross_version_entry(tmp_path, capsys):
     assert merge_main([str(tmp_path), "--out", str(tmp_path / "compat.json")]) == 0
     assert merge_main([str(tmp_path), "--out", str(tmp_path / "compat.json"), "--strict"]) == 1
     assert "1 red cross-version entries" in capsys.readouterr().out
+
+
+# --- loads that find the base through adapter_config.json ---------------------------------------------------
+
+def _write_and_close(case, root: str):
+    """Run one cell as writer-a and close the runner: its base checkpoint folder is gone afterwards, as it is
+    for a reader on another machine."""
+    runner = CellRunner(isolate=False, known_issues=[], artifacts=str(root))
+    try:
+        record = runner.run(case, "cpu", "fp32")
+    finally:
+        runner.close()
+    [cell] = cell_dirs(writers(str(root))["writer-a"])
+    return record, cell
+
+
+def _transformers_integration_usable() -> bool:
+    """transformers' PEFT integration refuses an older peft (5.25.0 asks for peft >= 0.22.0)."""
+    from packaging.version import Version
+
+    import peft
+    from transformers.integrations import peft as tf_peft
+
+    return Version(peft.__version__) >= Version(getattr(tf_peft, "MIN_PEFT_VERSION", "0"))
+
+
+@pytest.mark.parametrize("load_mode, apply, save_mode", [
+    ("peft_auto", "get_peft_model", "peft_safetensors"),
+    ("transformers_auto", "add_adapter", "transformers_save_pretrained"),
+])
+def test_a_load_through_the_saved_base_path_reads_another_writers_artifact(write_case, tmp_path, monkeypatch,
+                                                                            load_mode, apply, save_mode):
+    """AutoPeftModel / AutoModelFor*.from_pretrained(adapter dir) load the base that adapter_config.json names:
+    the writer's temporary base folder, gone when another release reads the artifact. The reader points the
+    load at the artifact's stored base through a patched temporary copy of the adapter folder; the artifact
+    itself stays byte for byte as written (its checksums still verify, its config still names the writer's
+    folder)."""
+    if apply == "add_adapter" and not _transformers_integration_usable():
+        pytest.skip("the installed transformers refuses the installed peft for add_adapter / load_adapter")
+    monkeypatch.setenv("TOX_ENV_NAME", "writer-a")
+    kwargs = {"r": 4, "lora_alpha": 8, "target_modules": ["query", "value"]}
+    case = load_case_file(write_case(devices=["cpu"], adapter={"type": "LoraConfig", "apply": apply, "kwargs": kwargs},
+        save={"mode": save_mode}, load={"mode": load_mode}))
+    record, cell = _write_and_close(case, tmp_path / "artifacts")
+    assert record["status"] == "pass", record["message"]
+    manifest = read_manifest(cell)
+    writer_dir = os.path.dirname(os.path.dirname(cell))
+    config_path = os.path.join(writer_dir, _saved(manifest, "adapter_config.json"))
+    named_base = json.loads(open(config_path).read())["base_model_name_or_path"]
+    assert named_base and not os.path.exists(named_base), "the writer's base folder should be gone"
+
+    read = read_cell(case, cell)
+    assert read["status"] == "pass", read["message"]
+    assert read["max_abs_diff"] <= read["tolerance"]
+    assert verify(writer_dir, manifest) == []
+    assert json.loads(open(config_path).read())["base_model_name_or_path"] == named_base
+
+
+def test_a_bin_save_after_add_adapter_is_read_from_the_files_the_manifest_lists(write_case, tmp_path, monkeypatch):
+    """save_pretrained(safe_serialization=False) after add_adapter writes adapter_model.bin: the manifest lists
+    it (and no safetensors file), and a reader loads it."""
+    if not _transformers_integration_usable():
+        pytest.skip("the installed transformers refuses the installed peft for add_adapter / load_adapter")
+    monkeypatch.setenv("TOX_ENV_NAME", "writer-a")
+    case = load_case_file(write_case(devices=["cpu"], adapter={
+        "type": "LoraConfig", "apply": "add_adapter", "kwargs": {"r": 4, "lora_alpha": 8, "target_modules": ["query"]}},
+        save={"mode": "transformers_save_pretrained", "options": {"safe_serialization": False}},
+        load={"mode": "transformers_load_adapter"}))
+    record, cell = _write_and_close(case, tmp_path / "artifacts")
+    assert record["status"] == "pass", record["message"]
+    from packaging.version import Version
+
+    import transformers
+
+    manifest = read_manifest(cell)
+    writer_dir = os.path.dirname(os.path.dirname(cell))
+    listed = sorted(os.path.basename(f) for f in manifest["files"] if f.startswith(manifest["saved"]))
+    assert listed == sorted(os.listdir(os.path.join(writer_dir, manifest["saved"])))
+    weights = [name for name in listed if name.startswith("adapter_model.")]
+    # transformers 4.x writes the .bin asked for; 5.x writes safetensors whatever safe_serialization says
+    expected = "adapter_model.bin" if Version(transformers.__version__) < Version("5") else "adapter_model.safetensors"
+    assert weights == [expected], listed
+    read = read_cell(case, cell)
+    assert read["status"] == "pass", read["message"]

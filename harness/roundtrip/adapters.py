@@ -67,13 +67,16 @@ def build_config(case):
 
 
 def apply_adapter(model, case):
-    """Returns the model to train: a PeftModel (get_peft_model) or the transformers model itself (add_adapter)."""
+    """Returns the model to train: a PeftModel (get_peft_model), a PeftMixedModel (get_peft_model_mixed) or the
+    transformers model itself (add_adapter)."""
     config = build_config(case)
     if case.adapter_apply == "add_adapter":
         model.add_adapter(config)
         return model
     import peft
 
+    if case.adapter_apply == "get_peft_model_mixed":  # a PeftMixedModel: adapters of several types
+        return peft.get_peft_model(model, config, mixed=True)
     return peft.get_peft_model(model, config)
 
 

@@ -8,6 +8,7 @@ is applied by the running layer (harness.running.cells.run_cell). Nothing here i
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from harness.roundtrip.environment import environment
 from harness.roundtrip.errors import CheckFailed
 from harness.roundtrip.families import (BASE_SEED, FAMILIES, LOADED_BASES, BaseCheckpoints, checkpoint_fingerprint,
                                        make_inputs)
-from harness.roundtrip.modes import LOAD_MODES, SAVE_MODES, check_artifact
+from harness.roundtrip.modes import BASE_DTYPE_OPTION, LOAD_MODES, SAVE_MODES, check_artifact
 from harness.roundtrip.steps import STEPS, run_steps
 
 SAVE_SEED = 0
@@ -353,10 +354,14 @@ def load_and_compare(run: Stages, ctx: LoadContext, artifact: str, inputs: dict,
 
     record, case = run.record, ctx.case
     load_mode = LOAD_MODES[case.load_mode]
+    options = dict(case.load_options)
+    base_dtype = options.pop(BASE_DTYPE_OPTION, None)
+    if base_dtype is not None:  # the loading side's base in another dtype than the saving side's
+        ctx = dataclasses.replace(ctx, dtype=base_dtype)
     with run.stage("load"):
         check_artifact(load_mode.consumes, artifact)
         torch.manual_seed(LOAD_SEED)
-        outcome = load_mode.load(ctx, artifact, dict(case.load_options))
+        outcome = load_mode.load(ctx, artifact, options)
         check_load_keys(record, outcome.api_result)
         if after_load:
             after_load(outcome.model)

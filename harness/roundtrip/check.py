@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from harness.specs.case import Case, CaseError
+from harness.specs.case import DTYPES, Case, CaseError
 from harness.specs.case import discover_cases as _discover_cases
 from harness.specs.case import read_case_file as _read_shape
 
@@ -23,7 +23,7 @@ def check_case(case: Case) -> Case:
     """Raise CaseError (file and field) when the case names something this layer does not have."""
     from harness.roundtrip.adapters import KNOWN_ADAPTER_TYPES
     from harness.roundtrip.families import FAMILIES
-    from harness.roundtrip.modes import LOAD_MODES, SAVE_MODES
+    from harness.roundtrip.modes import BASE_DTYPE_OPTION, LOAD_MODES, SAVE_MODES
     from harness.roundtrip.steps import STEPS
 
     path = case.path or case.id
@@ -42,6 +42,10 @@ def check_case(case: Case) -> Case:
         raise CaseError(path, "save.mode", f"save mode {save.name!r} does not work with "
                                            f"adapter.apply={case.adapter_apply!r} (it needs one of: "
                                            f"{', '.join(save.applies)})")
+    base_dtype = case.load_options.get(BASE_DTYPE_OPTION)
+    if base_dtype is not None and base_dtype not in DTYPES:
+        raise CaseError(path, f"load.options.{BASE_DTYPE_OPTION}", f"{base_dtype!r} is not a dtype "
+                                                                 f"(one of: {', '.join(DTYPES)})")
     if save.produces != load.consumes:
         raise CaseError(path, "load.mode", f"load mode {load.name!r} reads a {load.consumes} but save mode "
                                            f"{save.name!r} writes a {save.produces}")

@@ -17,11 +17,16 @@ torch / transformers / peft only, which --keep-failed puts into a standalone rep
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
 
 STATE_DICT_FILE = "state_dict.pt"
+# A load option of every load mode, taken by the harness before the mode runs: the loading side's base is
+# loaded in this dtype ("fp32", "bf16", "fp16") instead of the cell's (an adapter saved on a float32 base
+# loaded into a bfloat16 one, or the reverse); the loaded model's inputs follow it.
+BASE_DTYPE_OPTION = "base_dtype"
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,41 @@ def _peft_multi_save(model, path, options):
     model.save_pretrained(path, **options)
 
 
+def _compiled_save(model, path, options):
+    """torch.compile(model), one forward (compilation is lazy), then save_pretrained through the compiled
+    module, as a user who trained the compiled model does (attribute access reaches the original module)."""
+    import torch
+
+    compiled = torch.compile(model, backend=options.get("backend", "inductor"))
+    compiled.eval()
+    with torch.no_grad():
+        compiled(**_sample_inputs(model))
+    compiled.save_pretrained(path)
+
+
+def _sample_inputs(model) -> dict:
+    from harness.roundtrip.families import family_for_config, make_inputs
+
+    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    param = next(model.parameters())
+    return {k: (v.to(param.device, param.dtype) if v.is_floating_point() else v.to(param.device))
+            for k, v in make_inputs(family_for_config(config), config, seed=7).items()}
+
+
+def _mixed_save(model, path, options):
+    """A PeftMixedModel cannot save itself (NotImplementedError): the user saves each adapter as a PeftModel
+    would, its weights (get_peft_model_state_dict) and its config, in a folder per adapter name."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    for name, config in model.peft_config.items():
+        sub = os.path.join(path, name)
+        os.makedirs(sub, exist_ok=True)
+        state = get_peft_model_state_dict(model, adapter_name=name)
+        save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(sub, "adapter_model.safetensors"))
+        config.save_pretrained(sub)
+
+
 SAVE_MODES: dict[str, SaveMode] = {m.name: m for m in [
     SaveMode("peft_safetensors", "adapter_dir", ("get_peft_model",), _peft_save(True),
              "PeftModel.save_pretrained(dir) with safetensors (the default)",
@@ -103,6 +143,30 @@ SAVE_MODES: dict[str, SaveMode] = {m.name: m for m in [
     SaveMode("peft_multi_adapter", "adapter_tree", ("get_peft_model",), _peft_multi_save,
              "PeftModel.save_pretrained(dir) of a model with several adapters (options: selected_adapters)",
              repro="model.save_pretrained(path, **options)  # default at the top, the others in sub-folders"),
+    SaveMode("peft_compiled", "adapter_dir", ("get_peft_model",), _compiled_save,
+             "torch.compile(PeftModel), one forward, then save_pretrained through the compiled module "
+             "(options: backend, default inductor)",
+             repro="""
+                 compiled = torch.compile(model, backend=options.get("backend", "inductor"))
+                 compiled.eval()
+                 p = next(model.parameters())
+                 with torch.no_grad():
+                     compiled(**to_device(make_inputs(model.get_base_model().config, seed=7), p.device, p.dtype))
+                 compiled.save_pretrained(path)
+             """),
+    SaveMode("peft_mixed_each_adapter", "adapter_tree", ("get_peft_model_mixed",), _mixed_save,
+             "each adapter of a PeftMixedModel saved as PeftModel would (weights + config, a folder per name)",
+             repro="""
+                 from safetensors.torch import save_file
+
+                 for name, config in model.peft_config.items():
+                     sub = os.path.join(path, name)
+                     os.makedirs(sub, exist_ok=True)
+                     state = peft.get_peft_model_state_dict(model, adapter_name=name)
+                     save_file({k: v.contiguous() for k, v in state.items()},
+                               os.path.join(sub, "adapter_model.safetensors"))
+                     config.save_pretrained(sub)
+             """),
 ]}
 
 
@@ -184,7 +248,190 @@ def _peft_multi_adapter(ctx, path, options):
     return LoadOutcome(model)
 
 
+def read_adapter_weights(path: str) -> dict:
+    """The adapter tensors of a saved adapter folder: adapter_model.safetensors, else adapter_model.bin
+    (weights only)."""
+    import torch
+    from safetensors.torch import load_file
+
+    st = os.path.join(path, "adapter_model.safetensors")
+    if os.path.isfile(st):
+        return load_file(st)
+    return torch.load(os.path.join(path, "adapter_model.bin"), map_location="cpu", weights_only=True)
+
+
+@contextmanager
+def adapter_dir_on_base(path: str, base_dir: str):
+    """The adapter folder to give a load that finds its base through adapter_config.json
+    (`base_model_name_or_path`): `path` itself when it already names `base_dir`; else a temporary copy whose
+    config names `base_dir` (an artifact read on another machine or release: the writer's base folder is gone).
+    The artifact itself is never rewritten."""
+    import json
+    import shutil
+    import tempfile
+
+    with open(os.path.join(path, "adapter_config.json"), encoding="utf-8") as fh:
+        config = json.load(fh)
+    named = config.get("base_model_name_or_path")
+    if named and os.path.isdir(named) and os.path.samefile(named, base_dir):
+        yield path
+        return
+    tmp = tempfile.mkdtemp(prefix="peft-compat-adapter-")
+    try:
+        copy = os.path.join(tmp, "adapter")
+        shutil.copytree(path, copy)
+        config["base_model_name_or_path"] = os.path.abspath(base_dir)
+        with open(os.path.join(copy, "adapter_config.json"), "w", encoding="utf-8") as fh:
+            json.dump(config, fh, indent=2)
+        yield copy
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def decoy_adapter(ctx, apply: str = "get_peft_model"):
+    """A folder holding another adapter of the case's config on the same base (its own values, salt "decoy"),
+    saved as the user saves one: the adapter a hotswap replaces, or the one a delete_adapter removes."""
+    import shutil
+    import tempfile
+
+    import peft
+
+    from harness.roundtrip.adapters import fill_trainable
+
+    tmp = tempfile.mkdtemp(prefix="peft-compat-decoy-")
+    try:
+        model = ctx.fresh_base()
+        if apply == "add_adapter":
+            model.add_adapter(ctx.fresh_config())
+        else:
+            model = peft.get_peft_model(model, ctx.fresh_config())
+        fill_trainable(model, salt="decoy")
+        model.save_pretrained(tmp)
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _peft_hotswap(ctx, path, options):
+    """PeftModel.from_pretrained(base, another adapter), then hotswap_adapter(model, dir, "default")."""
+    from peft import PeftModel
+    from peft.utils.hotswap import hotswap_adapter
+
+    with decoy_adapter(ctx) as decoy:
+        model = PeftModel.from_pretrained(ctx.fresh_base(), decoy)
+    hotswap_adapter(model, path, adapter_name="default", torch_device=ctx.device, **options)
+    return LoadOutcome(model)
+
+
+def _auto_class(package: str, name: str | None, model_class):
+    """An Auto* class of `package` by name, or (name None) the transformers Auto class that maps to the
+    family's model class."""
+    import importlib
+
+    module = importlib.import_module(package)
+    if name:
+        return getattr(module, name)
+    for auto in AUTO_MODEL_CLASSES:
+        auto_cls = getattr(module, auto, None)
+        try:
+            if auto_cls is not None and model_class in auto_cls._model_mapping.values():
+                return auto_cls
+        except Exception:  # a lazy mapping entry that does not import here
+            continue
+    raise LookupError(f"no transformers Auto class maps to {model_class.__name__}")
+
+
+AUTO_MODEL_CLASSES = ("AutoModelForSequenceClassification", "AutoModelForCausalLM", "AutoModelForImageClassification",
+                      "AutoModelForCTC")
+
+
+def _peft_auto(ctx, path, options):
+    """AutoPeftModel*.from_pretrained(adapter dir): the base comes from adapter_config.json."""
+    opts = dict(options)
+    auto_cls = _auto_class("peft", opts.pop("auto_class", "AutoPeftModel"), None)
+    with adapter_dir_on_base(path, ctx.base_dir) as adapter_dir:
+        model = auto_cls.from_pretrained(adapter_dir, **ctx.dtype_kwargs(), **opts)
+    return LoadOutcome(model.to(ctx.device))
+
+
+def _peft_inject_set_state_dict(ctx, path, options):
+    """inject_adapter_in_model(config, fresh base) + set_peft_model_state_dict(model, saved weights): the
+    low-level API, with the keys of the saved file as they are (PeftModel's "base_model.model." prefix off)."""
+    from peft import inject_adapter_in_model, set_peft_model_state_dict
+
+    model = inject_adapter_in_model(ctx.fresh_config(), ctx.fresh_base())
+    prefix = "base_model.model."
+    state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in read_adapter_weights(path).items()}
+    result = set_peft_model_state_dict(model, state, **options)
+    return LoadOutcome(model, adapter_keys_only(result))
+
+
+def adapter_keys_only(result) -> dict:
+    """The load result of a state dict that holds the adapter alone (set_peft_model_state_dict loads with
+    strict=False): every base weight is "missing" by construction, so only the adapter keys it reports count."""
+    from harness.roundtrip.compat import is_adapter_key, load_result_keys
+
+    missing, unexpected = load_result_keys(result)
+    return {"missing_keys": [k for k in missing or [] if is_adapter_key(k)], "unexpected_keys": unexpected}
+
+
+def _peft_mixed(ctx, path, options):
+    """PeftMixedModel.from_pretrained(first adapter) + load_adapter(the others), all of them active."""
+    from peft import PeftMixedModel
+
+    dirs = adapter_dirs(path)
+    (first, first_dir), *rest = dirs.items()
+    model = PeftMixedModel.from_pretrained(ctx.fresh_base(), first_dir, adapter_name=first)
+    for name, sub in rest:
+        model.load_adapter(sub, adapter_name=name)
+    model.set_adapter(list(dirs))
+    return LoadOutcome(model)
+
+
+def _transformers_load_state_dict(ctx, path, options):
+    """model.load_adapter(peft_config=..., adapter_state_dict=<the saved tensors>): no folder."""
+    import peft
+
+    model = ctx.fresh_base()
+    config = peft.PeftConfig.from_pretrained(path)
+    result = model.load_adapter(peft_config=config, adapter_state_dict=read_adapter_weights(path), **options)
+    return LoadOutcome(model, result)
+
+
+def _transformers_auto(ctx, path, options):
+    """AutoModelFor*.from_pretrained(adapter dir): transformers finds adapter_config.json, loads its base and
+    the adapter."""
+    opts = dict(options)
+    auto_cls = _auto_class("transformers", opts.pop("auto_class", None), ctx.model_class())
+    with adapter_dir_on_base(path, ctx.base_dir) as adapter_dir:
+        model = auto_cls.from_pretrained(adapter_dir, **ctx.dtype_kwargs(), **opts)
+    return LoadOutcome(model.to(ctx.device))
+
+
+def _transformers_hotswap(ctx, path, options):
+    """enable_peft_hotswap(), load_adapter(another adapter), then load_adapter(dir, hotswap=True) in its place."""
+    model = ctx.fresh_base()
+    model.enable_peft_hotswap(**options)
+    with decoy_adapter(ctx, "add_adapter") as decoy:
+        model.load_adapter(decoy, adapter_name="default")
+    result = model.load_adapter(path, adapter_name="default", hotswap=True)
+    return LoadOutcome(model, result)
+
+
+def _transformers_delete_adapter(ctx, path, options):
+    """load_adapter(another adapter, "decoy"), load_adapter(dir, "default"), set_adapter, delete_adapter("decoy")."""
+    model = ctx.fresh_base()
+    with decoy_adapter(ctx, "add_adapter") as decoy:
+        model.load_adapter(decoy, adapter_name="decoy")
+    result = model.load_adapter(path, adapter_name="default", **options)
+    model.set_adapter("default")
+    model.delete_adapter("decoy")
+    return LoadOutcome(model, result)
+
+
 _READ_STATE_DICT = f"torch.load(os.path.join(path, {STATE_DICT_FILE!r}), map_location='cpu', weights_only=True)"
+
 
 LOAD_MODES: dict[str, LoadMode] = {m.name: m for m in [
     LoadMode("peft_from_pretrained", "adapter_dir", _peft_from_pretrained,
@@ -247,6 +494,121 @@ LOAD_MODES: dict[str, LoadMode] = {m.name: m for m in [
                      model.load_adapter(sub_dir, adapter_name=name)
                  model.set_adapter(options.get("active", "default"))
                  return model, None
+             """),
+    LoadMode("peft_hotswap", "adapter_dir", _peft_hotswap,
+             "PeftModel.from_pretrained(fresh base, another adapter), then hotswap_adapter(model, dir, 'default')",
+             repro="""
+                 import tempfile
+                 from peft.utils.hotswap import hotswap_adapter
+
+                 decoy = tempfile.mkdtemp()  # the adapter loaded first: the same config, other values
+                 other = peft.get_peft_model(fresh_base(base_dir), fresh_config())
+                 fill_trainable(other, salt="decoy")
+                 other.save_pretrained(decoy)
+                 model = peft.PeftModel.from_pretrained(fresh_base(base_dir), decoy)
+                 hotswap_adapter(model, path, adapter_name="default", torch_device=LOAD_DEVICE, **options)
+                 return model, None
+             """),
+    LoadMode("peft_auto", "adapter_dir", _peft_auto,
+             "AutoPeftModel*.from_pretrained(dir) (options: auto_class, default AutoPeftModel); the base is the "
+             "one adapter_config.json names (a copy names the reader's base when the writer's is gone)",
+             repro="""
+                 opts = dict(options)
+                 auto_cls = getattr(peft, opts.pop("auto_class", "AutoPeftModel"))
+                 # adapter_config.json names the base folder this script saved (base_model_name_or_path)
+                 model = auto_cls.from_pretrained(path, **DTYPE_KWARGS, **opts)
+                 return model.to(LOAD_DEVICE), None
+             """),
+    LoadMode("peft_inject_set_state_dict", "adapter_dir", _peft_inject_set_state_dict,
+             "inject_adapter_in_model(config, fresh base) + set_peft_model_state_dict(model, saved weights)",
+             repro="""
+                 st = os.path.join(path, "adapter_model.safetensors")  # else adapter_model.bin
+                 if os.path.isfile(st):
+                     from safetensors.torch import load_file
+                     weights = load_file(st)
+                 else:
+                     weights = torch.load(os.path.join(path, "adapter_model.bin"), map_location="cpu",
+                                          weights_only=True)
+                 model = peft.inject_adapter_in_model(fresh_config(), fresh_base(base_dir))
+                 prefix = "base_model.model."
+                 state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in weights.items()}
+                 result = peft.set_peft_model_state_dict(model, state, **options)
+                 # strict=False: every base weight is "missing" by construction; the adapter keys count
+                 missing = [k for k in result.missing_keys if any(m in k for m in ADAPTER_KEY_MARKERS)]
+                 return model, {"missing_keys": missing, "unexpected_keys": result.unexpected_keys}
+             """),
+    LoadMode("peft_mixed", "adapter_tree", _peft_mixed,
+             "PeftMixedModel.from_pretrained(first adapter folder) + load_adapter(the others), all active",
+             repro="""
+                 names = sorted(n for n in os.listdir(path)
+                                if os.path.isfile(os.path.join(path, n, "adapter_config.json")))
+                 model = peft.PeftMixedModel.from_pretrained(fresh_base(base_dir), os.path.join(path, names[0]),
+                                                            adapter_name=names[0])
+                 for name in names[1:]:
+                     model.load_adapter(os.path.join(path, name), adapter_name=name)
+                 model.set_adapter(names)
+                 return model, None
+             """),
+    LoadMode("transformers_load_adapter_state_dict", "adapter_dir", _transformers_load_state_dict,
+             "transformers from_pretrained(base) + load_adapter(peft_config=..., adapter_state_dict=saved tensors)",
+             repro="""
+                 st = os.path.join(path, "adapter_model.safetensors")  # else adapter_model.bin
+                 if os.path.isfile(st):
+                     from safetensors.torch import load_file
+                     weights = load_file(st)
+                 else:
+                     weights = torch.load(os.path.join(path, "adapter_model.bin"), map_location="cpu",
+                                          weights_only=True)
+                 model = fresh_base(base_dir)
+                 config = peft.PeftConfig.from_pretrained(path)
+                 result = model.load_adapter(peft_config=config, adapter_state_dict=weights, **options)
+                 return model, result
+             """),
+    LoadMode("transformers_auto", "adapter_dir", _transformers_auto,
+             "transformers AutoModelFor*.from_pretrained(adapter dir) (options: auto_class); the base is the one "
+             "adapter_config.json names (a copy names the reader's base when the writer's is gone)",
+             repro="""
+                 import transformers
+
+                 opts = dict(options)
+                 name = opts.pop("auto_class", None)
+                 auto_cls = getattr(transformers, name) if name else MODEL_CLASS
+                 # adapter_config.json names the base folder this script saved (base_model_name_or_path)
+                 model = auto_cls.from_pretrained(path, **DTYPE_KWARGS, **opts)
+                 return model.to(LOAD_DEVICE), None
+             """),
+    LoadMode("transformers_hotswap", "adapter_dir", _transformers_hotswap,
+             "enable_peft_hotswap(**options), load_adapter(another adapter), load_adapter(dir, hotswap=True)",
+             repro="""
+                 import tempfile
+
+                 decoy = tempfile.mkdtemp()  # the adapter loaded first: the same config, other values
+                 other = fresh_base(base_dir)
+                 other.add_adapter(fresh_config())
+                 fill_trainable(other, salt="decoy")
+                 other.save_pretrained(decoy)
+                 model = fresh_base(base_dir)
+                 model.enable_peft_hotswap(**options)
+                 model.load_adapter(decoy, adapter_name="default")
+                 result = model.load_adapter(path, adapter_name="default", hotswap=True)
+                 return model, result
+             """),
+    LoadMode("transformers_delete_adapter", "adapter_dir", _transformers_delete_adapter,
+             "load_adapter(another adapter, 'decoy') + load_adapter(dir), set_adapter, delete_adapter('decoy')",
+             repro="""
+                 import tempfile
+
+                 decoy = tempfile.mkdtemp()  # another adapter: the same config, other values
+                 other = fresh_base(base_dir)
+                 other.add_adapter(fresh_config())
+                 fill_trainable(other, salt="decoy")
+                 other.save_pretrained(decoy)
+                 model = fresh_base(base_dir)
+                 model.load_adapter(decoy, adapter_name="decoy")
+                 result = model.load_adapter(path, adapter_name="default", **options)
+                 model.set_adapter("default")
+                 model.delete_adapter("decoy")
+                 return model, result
              """),
 ]}
 

@@ -100,6 +100,22 @@ def _add_second_adapter(model, adapter: str, activate: bool) -> None:
         model.set_adapter("default")
 
 
+def _add_adapter_of_type(model, adapter: str, config_type: str) -> None:
+    """PeftMixedModel.add_adapter(name, <another PEFT method> on the same target modules), its own fill, then
+    every adapter active together (set_adapter with the list of names)."""
+    import peft
+
+    from harness.roundtrip.adapters import fill_trainable
+
+    if not isinstance(model, getattr(peft, "PeftMixedModel", ())):
+        raise StepError("add_adapter_of_type: the model is not a PeftMixedModel (adapter.apply = get_peft_model_mixed)")
+    first = model.peft_config[model.active_adapters[0]]
+    model.add_adapter(adapter, getattr(peft, config_type)(target_modules=sorted(first.target_modules)))
+    model.set_adapter(adapter)  # makes its tensors (only) trainable, so the fill reaches them
+    fill_trainable(model, salt=f"train-{adapter}")
+    model.set_adapter(list(model.peft_config))
+
+
 STEPS: dict[str, Step] = {s.name: s for s in [
     Step("resize_token_embeddings", "before_adapt", {"size": int}, _resize_token_embeddings,
          "model.resize_token_embeddings(size), replayed identically on the loading side",
@@ -147,6 +163,15 @@ STEPS: dict[str, Step] = {s.name: s for s in [
              fill_trainable(model, salt=f"train-{adapter}")
              if not activate:
                  model.set_adapter("default")
+         """),
+    Step("add_adapter_of_type", "after_adapt", {"adapter": str, "config_type": str}, _add_adapter_of_type,
+         "PeftMixedModel: add an adapter of another PEFT method (config_type) on the same targets, all active",
+         repro="""
+             first = model.peft_config[model.active_adapters[0]]
+             model.add_adapter(adapter, getattr(peft, config_type)(target_modules=sorted(first.target_modules)))
+             model.set_adapter(adapter)  # makes its tensors (only) trainable, so the fill reaches them
+             fill_trainable(model, salt=f"train-{adapter}")
+             model.set_adapter(list(model.peft_config))
          """),
 ]}
 

@@ -24,7 +24,7 @@ from harness.roundtrip import compat
 from harness.roundtrip.adapters import FILL_STD, adapter_kwargs
 from harness.roundtrip.cell import LOAD_SEED, SAVE_SEED, TORCH_DTYPES, VACUITY_FACTOR
 from harness.roundtrip.families import BASE_SEED, FAMILIES
-from harness.roundtrip.modes import LOAD_MODES, SAVE_MODES
+from harness.roundtrip.modes import BASE_DTYPE_OPTION, LOAD_MODES, SAVE_MODES
 from harness.roundtrip.steps import STEPS
 from harness.reporting.report import _json_safe
 
@@ -116,6 +116,8 @@ def repro_script(case, record: dict) -> str:
     device, dtype = record["device"], record["dtype"]
     save_dev = "cuda" if device in ("cuda", "cuda_to_cpu") else "cpu"
     load_dev = "cuda" if device == "cuda" else "cpu"
+    load_options = dict(case.load_options)
+    load_dtype = load_options.pop(BASE_DTYPE_OPTION, dtype)  # the loading side's base in another dtype
     env = record.get("environment") or {}
     observed = f"{record.get('exception_type')}: {(record.get('message') or '').strip()}"[:600]
     reference = (record.get("known_issue") or {}).get("reference")
@@ -135,7 +137,8 @@ def repro_script(case, record: dict) -> str:
         dtype_kw=repr(next(iter(compat.dtype_kwargs(None)))), save_dev=repr(save_dev), load_dev=repr(load_dev),
         adapter_kwargs=repr(adapter_kwargs(case)), adapter_apply=repr(case.adapter_apply),
         fill=repr(case.adapter_init == "fill"), fill_std=repr(FILL_STD),
-        save_options=repr(dict(case.save_options)), load_options=repr(dict(case.load_options)),
+        save_options=repr(dict(case.save_options)), load_options=repr(load_options),
+        load_torch_dtype=TORCH_DTYPES[load_dtype],
         tolerance=repr(float(record["tolerance"])), vacuity=repr(VACUITY_FACTOR),
         markers=repr(tuple(compat.ADAPTER_KEY_MARKERS)),
         base_seed=repr(BASE_SEED), save_seed=repr(SAVE_SEED), load_seed=repr(LOAD_SEED),

@@ -154,6 +154,8 @@ def _validate_semantics(data: dict, path) -> None:
     for dtype, value in data.get("tolerance", {}).items():  # the schema allows inf and nan: JSON has neither
         if dtype != "reason" and not (math.isfinite(value) and value > 0):
             raise CaseError(path, f"tolerance.{dtype}", f"{value!r}: a tolerance must be a finite number more than 0")
+    if not data.get("dtypes", ["fp32"]) and not data.get("full_dtypes"):
+        raise CaseError(path, "dtypes", "is empty and so is full_dtypes: the case would have no cell")
     overlap = set(data.get("full_dtypes", [])) & set(data.get("dtypes", ["fp32"]))
     if overlap:
         raise CaseError(path, "full_dtypes", f"{sorted(overlap)[0]!r} is already in dtypes")

@@ -201,3 +201,35 @@ def test_a_checkpoint_is_the_report_build_report_makes(tmp_path):
                                                   complete=False, incomplete_reason=written["incomplete_reason"])))
     written.pop("generated_at"), expected.pop("generated_at")
     assert written == expected and len(written["cells"]) == 3
+
+
+def test_a_reused_template_renders_each_call_and_the_card_a_fresh_compile_writes(bases, tmp_path, monkeypatch):
+    """The model card's Jinja2 template is compiled once per process: the same Template comes back for the same
+    source, each render still uses its own data, and the README.md that peft's save_pretrained writes is,
+    byte for byte, the one a fresh compile writes."""
+    import jinja2
+    import peft
+    from huggingface_hub import ModelCard
+
+    from harness.roundtrip.families import reuse_compiled_templates
+
+    assert reuse_compiled_templates()
+    source = open(ModelCard.default_template_path, encoding="utf-8").read()
+    assert jinja2.Template(source) is jinja2.Template(source)
+    assert jinja2.Template("{{ a }}!").render(a=1) == "1!" and jinja2.Template("{{ a }}!").render(a=2) == "2!"
+    case = _case("llama_causal-lora")
+    base_dir = bases.get(FAMILIES[case.family], case.model_config)
+
+    def card(target: str, reuse: bool) -> bytes:
+        monkeypatch.setenv(NO_REUSE_ENV, "0" if reuse else "1")
+        model = FAMILIES[case.family].classes()[1].from_pretrained(base_dir)
+        model = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=[target]))
+        out = tmp_path / f"{target}-{reuse}"
+        model.save_pretrained(str(out))
+        return (out / "README.md").read_bytes()
+
+    for target in ("q_proj", "v_proj"):
+        reused = card(target, True)
+        assert reused == card(target, False) and b"library_name: peft" in reused
+    monkeypatch.setenv(NO_REUSE_ENV, "1")
+    assert jinja2.Template(source) is not jinja2.Template(source)  # switched off: compiled at every call

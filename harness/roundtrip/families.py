@@ -455,3 +455,43 @@ class LoadedBases:
 
 
 LOADED_BASES = LoadedBases()  # this process's; a forked worker inherits it and keeps its own
+
+
+# --- compiled Jinja2 templates, reused ---------------------------------------------------------------------------
+#
+# Every save_pretrained of a PEFT model writes a model card (README.md): huggingface_hub renders its default
+# template with jinja2.Template(text), which compiles the template's source again on every call (~5 ms, a fifth of
+# a warm cell). Compiling is a pure function of the environment and the source, so a process keeps what it
+# compiled, keyed by the environment object, the source text and the template class, and hands the same Template
+# back; each call still renders it with its own data (the card says what that call's model is). A call with its own
+# `globals`, or a source that is not a string, is compiled as before; so is every call under NO_REUSE_ENV=1.
+
+_COMPILED: dict = {}
+
+
+def reuse_compiled_templates() -> bool:
+    """Make jinja2.Environment.from_string reuse what it compiled (once per process; idempotent). False when
+    jinja2 is not installed."""
+    try:
+        import jinja2
+    except ImportError:
+        return False
+    if getattr(jinja2.Environment.from_string, "_peft_compat_reuse", False):
+        return True
+    compile_source = jinja2.Environment.from_string
+
+    def from_string(self, source, globals=None, template_class=None):
+        if globals is not None or not isinstance(source, str) or os.environ.get(NO_REUSE_ENV) == "1":
+            return compile_source(self, source, globals, template_class)
+        key = (id(self), source, template_class)
+        hit = _COMPILED.get(key)
+        if hit is not None and hit[0] is self:  # the environment itself, not another one at a reused address
+            return hit[1]
+        template = compile_source(self, source, globals, template_class)
+        _COMPILED[key] = (self, template)
+        return template
+
+    from_string._peft_compat_reuse = True
+    from_string.__wrapped__ = compile_source
+    jinja2.Environment.from_string = from_string
+    return True

@@ -4,7 +4,9 @@ ratios taken in the same run do not). Prints figures; asserts nothing.
   per cell      the harness's cell (a forked worker, as `python -m harness run` runs it) against a bare
                 standalone round trip of the same model written by hand (from_pretrained on both sides, as a
                 naive user script does), LoRA r=4 on every family, interleaved; both with one torch thread
-  run overhead  `python -m harness run` (the full set): whole-process wall / the sum of its cells' stage seconds
+  run overhead  `python -m harness run` (the full set): whole-process wall / the sum of its cells' stage seconds,
+                with one worker and with --workers N (the default, 2: the stage seconds then add both workers'
+                time, so the ratio also shows how much the two workers overlap)
   cross read    `python -m harness run --artifacts` then `python -m harness read`: a read per cell against a
                 round trip per cell, the same cells
   xdist         `pytest cases -m "not cuda"` (the fast set) with -n 0 and -n N: wall, CPU seconds and what
@@ -142,26 +144,43 @@ def cells_of(path: str) -> list[dict]:
         return json.load(fh)["cells"]
 
 
-def whole_run(tmp: str, bare: dict | None) -> dict:
-    out = os.path.join(tmp, "run.json")
-    wall = run_cli(["run", "-q", "--out", out])
-    cells = [c for c in cells_of(out) if c.get("seconds")]
-    total = sum(stage_sum(c) for c in cells)
-    print(f"\nrun: `python -m harness run` (full set): {len(cells)} cells that ran, wall {wall:.1f} s, "
-          f"stage seconds {total:.1f} s, mean cell {ms(total / len(cells))}")
-    print(f"  RATIO run overhead (wall / stage seconds): {wall / total:.2f}x  (target <= 1.15x)")
+def whole_run(tmp: str, bare: dict | None, workers: int) -> dict:
+    """`python -m harness run` (the full set) with one worker and with `workers` (the default): wall, the
+    cells' stage seconds (summed over the workers: with two, both workers' time) and the CPU seconds."""
+    runs = {}
+    for n in dict.fromkeys((1, workers)):
+        out = os.path.join(tmp, f"run-{n}.json")
+        cpu0 = children_cpu()
+        wall = run_cli(["run", "-q", "--workers", str(n), "--out", out])
+        cpu = children_cpu() - cpu0
+        cells = [c for c in cells_of(out) if c.get("seconds")]
+        total = sum(stage_sum(c) for c in cells)
+        runs[n] = {"wall": wall, "stages": total, "cells": cells, "cpu": cpu}
+        what = "summed over both workers" if n > 1 else "one worker"
+        print(f"\nrun: `python -m harness run --workers {n}` (full set): {len(cells)} cells that ran, "
+              f"wall {wall:.1f} s, stage seconds {total:.1f} s ({what}), CPU {cpu:.1f} s, "
+              f"mean cell {ms(total / len(cells))}, load {os.getloadavg()[0]:.2f}")
+        print(f"  RATIO run overhead (wall / stage seconds{', both workers' if n > 1 else ''}): {wall / total:.2f}x"
+              f"  (target <= 1.15x){'  <- the default' if n == workers else ''}")
+    if len(runs) > 1:
+        one, many = runs[1], runs[workers]
+        print(f"  {workers} workers against 1: wall {one['wall'] / many['wall']:.2f}x faster, CPU "
+              f"{many['cpu'] / one['cpu']:.2f}x, mean cell {many['stages'] / one['stages']:.2f}x as long "
+              f"(what the cores left to this run: {one['cpu'] / one['wall']:.2f} / {many['cpu'] / many['wall']:.2f})")
     # what every run pays once before its first cell: the interpreter, torch / transformers / peft, the cases
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import harness.running.cli; from harness.roundtrip.check import "
                     "load_cases; load_cases('cases')"], cwd=ROOT, check=True, capture_output=True)
     fixed = time.perf_counter() - start
+    run = runs[workers]
     print(f"  of which imports + loading the cases (a process that does only that): {fixed:.1f} s; the rest: "
-          f"{(wall - fixed) / total:.2f}x the stage seconds")
+          f"{(run['wall'] - fixed) / run['stages']:.2f}x the stage seconds (default run)")
+    cells, total = runs[1]["cells"], runs[1]["stages"]
     if bare:
         weighted = statistics.mean(bare[c["family"]][0] for c in cells if c["family"] in bare)
         print(f"  mean cell of the run / bare script of its family: {total / len(cells) / weighted:.2f}x "
-              f"(every method and mode, against the LoRA script)")
-    return {"wall": wall, "stages": total, "cells": cells}
+              f"(one worker; every method and mode, against the LoRA script)")
+    return run
 
 
 def cross_read(tmp: str) -> None:
@@ -225,7 +244,7 @@ def xdist(workers: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=10)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="xdist workers, and `harness run --workers`")
     parser.add_argument("--skip", default="", help="comma-separated: cell,run,read,xdist")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -234,7 +253,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="bench-speed-")
     try:
         if "run" not in skip:
-            whole_run(tmp, bare)
+            whole_run(tmp, bare, args.workers)
         if "read" not in skip:
             cross_read(tmp)
         if "xdist" not in skip:

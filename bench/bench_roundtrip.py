@@ -207,17 +207,28 @@ def children_cpu() -> float:
 
 def xdist(workers: int) -> None:
     print(f"\npytest over cases/ (the fast set, not cuda), whole process incl. imports and collection")
-    walls, cpus = {}, {}
+    walls, cpus, probes = {}, {}, {}
+    probe = os.path.join(tempfile.mkdtemp(prefix="bench-probe-"), "controller.json")
+    env = dict(os.environ, BENCH_PROBE_OUT=probe, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     for n in (0, workers):
-        cmd = [sys.executable, "-m", "pytest", "cases", "-m", "not cuda", "-q", "-p", "no:cacheprovider", "-n", str(n)]
+        cmd = [sys.executable, "-m", "pytest", "cases", "-m", "not cuda", "-q", "-p", "no:cacheprovider", "-n", str(n),
+               "-p", "bench.xdist_probe"]
         load = os.getloadavg()[0]
         cpu0 = children_cpu()
         start = time.perf_counter()
-        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
         walls[n] = time.perf_counter() - start
         cpus[n] = children_cpu() - cpu0
         summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-200:]
+        probes[n] = json.load(open(probe)) if os.path.exists(probe) else None
         print(f"  -n {n}: wall {walls[n]:6.1f} s, CPU {cpus[n]:6.1f} s, load before {load:.2f}  ({summary})")
+    shutil.rmtree(os.path.dirname(probe), ignore_errors=True)
+    if probes.get(workers):
+        c = probes[workers]
+        print(f"  -n {workers}: the controller alone {c['cpu']:.1f} CPU s (it imported torch: {c['torch']}, peft: "
+              f"{c['peft']}: it loads and validates the cases), its {workers} workers "
+              f"{cpus[workers] - c['cpu']:.1f} CPU s")
     cores = os.cpu_count() or 1
     # the fixed cost every pytest process pays before its first cell: interpreter, torch / transformers / peft,
     # collecting and validating every case; -n N pays it in each of its N workers, at the same time

@@ -546,12 +546,14 @@ class _Worker:
             return False
         return True
 
-    def run(self, case, device, dtype, workdir, limit, task=None):
+    def run(self, case, device, dtype, workdir, limit, task=None, while_waiting=None):
         start = time.monotonic()
         if not self.send(case, device, dtype, workdir, task):
             seen = {"record": None, "stage": None, "seconds": {}, "harness_error": None, "why": "eof",
                     "started": False}
             return seen, self.stop(kill=True), 0.0
+        if while_waiting is not None:  # the parent's chores, while the worker computes
+            while_waiting()
         seen = self.reader.wait(start + limit)
         status = None
         if seen["why"] in ("timeout", "eof"):
@@ -625,6 +627,8 @@ class CellRunner:
             known_issues = load_known_issues()
         self.known_issues = known_issues
         self._worker: _Worker | None = None
+        self._trash: list[str] = []  # folders of cells that ended, removed while a worker runs the next cell
+        self._spare: str | None = None  # the next cell's folder, made while a worker ran the last one
         self._pool = None  # the harness.running.pool.WorkerPool running this runner's cells, while it runs
 
     def run(self, case, device: str, dtype: str, *, read: str | None = None, **kwargs) -> dict:
@@ -683,13 +687,63 @@ class CellRunner:
                 raise OutputError(f"--keep-failed {self.keep_failed}: cannot keep the evidence of "
                                   f"{record['cell_id']}: {exc.strerror or exc}") from None
         elif record.get("artifact_dir"):
-            shutil.rmtree(record.pop("artifact_dir"), ignore_errors=True)
+            self.discard(record.pop("artifact_dir"))
         return record
+
+    # A cell's folder is made and removed by this process (a killed worker leaves nothing behind). With worker
+    # isolation both happen while a worker computes: the folders of cells that ended are removed, and the next
+    # cell's folder is made, after a cell was handed out (tidy); a worker's cell never waits for them.
+
+    def cell_folder(self) -> str:
+        """A new, empty folder for a cell: the one made while the last cell ran, else one made now."""
+        folder, self._spare = self._spare, None
+        if folder is None or not os.path.isdir(folder):
+            folder = tempfile.mkdtemp(prefix="peft-compat-cell-", dir=self.tmp_root)
+        return folder
+
+    def discard(self, folder: str) -> None:
+        """A cell's folder that is done with: removed at the next tidy (worker isolation), else now."""
+        if self.isolate == "worker":
+            self._trash.append(folder)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def settle_folder(self, record: dict, folder: str, keep: bool) -> dict:
+        """_finish_workdir for a worker's cell: a folder that is not kept goes to the next tidy."""
+        if keep:
+            record["artifact_dir"] = folder
+        else:
+            self.discard(folder)
+            record.pop("artifact_dir", None)
+        return record
+
+    def tidy(self) -> None:
+        """While a worker runs a cell: remove the folders of the cells that ended, make the next cell's."""
+        trash, self._trash = self._trash, []
+        for folder in trash:
+            shutil.rmtree(folder, ignore_errors=True)
+        if self._spare is None:
+            try:
+                spare = tempfile.mkdtemp(prefix="peft-compat-cell-", dir=self.tmp_root)
+            except OSError:  # cell_folder makes it, or says why it cannot
+                return
+            try:  # what the cell's process makes first (_child, _Worker._serve), made here off its path
+                os.mkdir(os.path.join(spare, "tmp"))
+                open(os.path.join(spare, CRASH_FILE), "w").close()
+            except OSError:
+                pass
+            self._spare = spare
+
+    def _remove_folders(self) -> None:
+        self.tidy()
+        if self._spare is not None:
+            shutil.rmtree(self._spare, ignore_errors=True)
+            self._spare = None
 
     def _run_in_worker(self, case, device, dtype, keep: bool, task: dict) -> dict:
         limit = cell_timeout(case, self.timeout_s)
         self.bases = _prepare(case, self.bases)
-        workdir = tempfile.mkdtemp(prefix="peft-compat-cell-", dir=self.tmp_root)
+        workdir = self.cell_folder()
         seen, status, elapsed = None, None, 0.0
         deaths = []  # how each worker that was sent this cell died before the cell began
         cannot_fork = None
@@ -705,7 +759,8 @@ class CellRunner:
                     except OSError as exc:
                         cannot_fork = f"no worker process could be forked ({exc})"
                         break
-                seen, status, elapsed = self._worker.run(case, device, dtype, workdir, limit, task)
+                seen, status, elapsed = self._worker.run(case, device, dtype, workdir, limit, task,
+                                                         while_waiting=self.tidy)
                 if seen["why"] in ("timeout", "eof"):
                     self._worker = None  # stopped by run(); the next cell forks a fresh worker
                 if seen["started"] or seen["why"] != "eof":
@@ -718,12 +773,12 @@ class CellRunner:
                 self.stop_worker(kill=True)
                 shutil.rmtree(workdir, ignore_errors=True)
         if seen is None:
-            shutil.rmtree(workdir, ignore_errors=True)
+            self.discard(workdir)
             why = [f"{len(deaths)} worker process(es) died before the cell began ({', '.join(deaths)})"] \
                 if deaths else []
             return not_started_record(case, device, dtype, "; ".join(why + ([cannot_fork] if cannot_fork else [])))
         record = _verdict(case, device, dtype, seen, status, limit, elapsed, workdir)
-        return _finish_workdir(record, workdir, keep)
+        return self.settle_folder(record, workdir, keep)
 
     def stop_worker(self, kill: bool = False) -> None:
         if self._worker is not None:
@@ -736,4 +791,5 @@ class CellRunner:
             self._pool.close()
             self._pool = None
         self.stop_worker()
+        self._remove_folders()
         self.bases.remove()

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import select
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 from harness.roundtrip.cell import applicability, new_record
-from harness.running.isolation import (_death, _finish_workdir, _prepare, _verdict, _Worker, cell_timeout,
-                                       not_started_record)
+from harness.running.isolation import _death, _prepare, _verdict, _Worker, cell_timeout, not_started_record
 
 
 @dataclass
@@ -88,6 +86,7 @@ class WorkerPool:
             active = [slot for slot in self.slots if slot.cell is not None]
             if not active:
                 return
+            self.runner.tidy()  # while the workers compute
             timeout = max(0.0, min(slot.cell.deadline for slot in active) - time.monotonic())
             ready, _, _ = select.select([slot.worker.res_r for slot in active], [], [], timeout)
             now = time.monotonic()
@@ -127,8 +126,7 @@ class WorkerPool:
             return runner.complete(record, job.case, job.read, task)
         limit = cell_timeout(job.case, runner.timeout_s)
         runner.bases = _prepare(job.case, runner.bases)
-        workdir = tempfile.mkdtemp(prefix="peft-compat-cell-", dir=runner.tmp_root)
-        slot.cell = _InFlight(job, task, hold, limit, workdir)
+        slot.cell = _InFlight(job, task, hold, limit, runner.cell_folder())
         return self._dispatch(slot)
 
     def _dispatch(self, slot: _Slot):
@@ -153,7 +151,7 @@ class WorkerPool:
             cell.deaths.append(_death(slot.worker.stop(kill=True)))  # gone already: the cell never reached it
             slot.worker = None
         slot.cell = None
-        shutil.rmtree(cell.workdir, ignore_errors=True)
+        self.runner.discard(cell.workdir)
         deaths = cell.deaths
         why = [f"{len(deaths)} worker process(es) died before the cell began ({', '.join(deaths)})"] if deaths else []
         record = not_started_record(job.case, job.device, job.dtype,
@@ -175,7 +173,7 @@ class WorkerPool:
         slot.cell = None
         record = _verdict(job.case, job.device, job.dtype, seen, status, cell.limit, time.monotonic() - cell.start,
                           cell.workdir)
-        record = _finish_workdir(record, cell.workdir, cell.hold)
+        record = self.runner.settle_folder(record, cell.workdir, cell.hold)
         return self.runner.complete(record, job.case, job.read, cell.task)
 
     def close(self) -> None:

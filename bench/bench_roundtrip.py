@@ -187,13 +187,14 @@ def cross_read(tmp: str) -> None:
     art = os.path.join(tmp, "artifacts")
     wrote = os.path.join(tmp, "write.json")
     read = os.path.join(tmp, "read.json")
-    write_wall = run_cli(["run", "-q", "--device", "cpu", "--artifacts", art, "--out", wrote])
-    read_wall = run_cli(["read", art, "-q", "--device", "cpu", "--out", read])
+    # one worker on both sides: a per-cell cost, which a second worker's contention would inflate on both sides
+    write_wall = run_cli(["run", "-q", "--workers", "1", "--device", "cpu", "--artifacts", art, "--out", wrote])
+    read_wall = run_cli(["read", art, "-q", "--workers", "1", "--device", "cpu", "--out", read])
     own = {c["cell_id"]: c for c in cells_of(wrote) if c.get("seconds")}
     reads = [c for c in cells_of(read) if c.get("seconds") and c["cell_id"] in own]
     r = sum(stage_sum(c) for c in reads) / len(reads)
     w = sum(stage_sum(own[c["cell_id"]]) for c in reads) / len(reads)
-    print(f"\ncross-version read (this env reads its own artifacts): {len(reads)} reads, read phase wall "
+    print(f"\ncross-version read (this env reads its own artifacts, --workers 1): {len(reads)} reads, read phase wall "
           f"{read_wall:.1f} s, write phase wall {write_wall:.1f} s")
     print(f"  mean read {ms(r)}, mean round trip of the same cells {ms(w)} (stage seconds)")
     print(f"  RATIO read / round trip per cell: {r / w:.2f}x (stage seconds), "

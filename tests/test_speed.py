@@ -315,3 +315,22 @@ def test_copy_model_is_a_deep_copy(bases, family):
         for tensor in _tensors(fast).values():
             tensor.add_(1) if tensor.is_floating_point() else tensor.add_(0)
     assert model_difference(copy_model(model), slow) is None
+
+
+def test_a_base_checkpoint_is_built_once_and_complete_where_two_workers_build_it(tmp_path):
+    """Two processes (a worker each) that build the same base at once both end up with one complete folder at
+    the same place, made with the umask's mode (it is exported to artifacts as it is)."""
+    root = tmp_path / "bases"
+    root.mkdir()
+    first, second = BaseCheckpoints(str(root)), BaseCheckpoints(str(root))
+    family = FAMILIES["llama_causal"]
+    path = first.get(family, {})
+    mtime = os.stat(os.path.join(path, "model.safetensors")).st_mtime_ns
+    assert second.get(family, {}) == path  # found complete: not built again
+    assert os.stat(os.path.join(path, "model.safetensors")).st_mtime_ns == mtime
+    BaseCheckpoints._build(family, {}, path)  # a second build that loses the race: the first folder stays
+    assert sorted(os.listdir(root)) == [os.path.basename(path)]
+    assert os.stat(os.path.join(path, "model.safetensors")).st_mtime_ns == mtime
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o777 & ~umask

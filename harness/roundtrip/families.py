@@ -203,6 +203,9 @@ class BaseCheckpoints:
         # built beside its place and renamed into it: a folder at `path` is always complete; two workers that
         # build the same base at once each write their own folder, and the second rename finds the first's
         tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".partial-", dir=os.path.dirname(path))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # as os.makedirs would make it (mkdtemp: 0700), also where it is exported
         model.save_pretrained(tmp)
         try:
             os.replace(tmp, path)

@@ -70,9 +70,12 @@ class WorkerPool:
     def __init__(self, runner, workers: int):
         self.runner = runner
         self.slots = [_Slot() for _ in range(workers)]
+        self.ended: list = []  # (job, record, task) of cells that ended, for the runner to complete
 
     def run(self, jobs, on_start=None):
-        """(job, record) for every job, in the order they end."""
+        """(job, record) for every job, in the order they end. A worker whose cell ended gets its next cell
+        before the runner completes the record (classifies it, stores its artifact, and the caller writes it
+        into the report): the parent's own work runs while the workers compute."""
         pending = list(jobs)
         while True:
             for slot in self.slots:
@@ -83,6 +86,9 @@ class WorkerPool:
                     record = self._start(slot, job)
                     if record is not None:  # skipped here, or it could not start
                         yield job, record
+            while self.ended:
+                job, record, task = self.ended.pop(0)
+                yield job, record if task is None else self.runner.complete(record, job.case, job.read, task)
             active = [slot for slot in self.slots if slot.cell is not None]
             if not active:
                 return
@@ -98,10 +104,9 @@ class WorkerPool:
                     slot.worker.reader.expire()
                 else:
                     continue
-                job = slot.cell.job
-                record = self._settle(slot)
-                if record is not None:
-                    yield job, record
+                ended = self._settle(slot)
+                if ended is not None:
+                    self.ended.append(ended)
 
     def _pick(self, slot: _Slot, pending: list) -> int:
         """Which pending job the slot's worker runs next: one of a family it ran before (its loaded bases,
@@ -159,8 +164,9 @@ class WorkerPool:
         return self.runner.complete(record, job.case, job.read, cell.task)
 
     def _settle(self, slot: _Slot):
-        """The slot's cell ended (record, harness error, EOF or its time limit): its record, or None when it
-        was sent again to a fresh worker (its worker died before it began)."""
+        """The slot's cell ended (record, harness error, EOF or its time limit): (job, raw record, task) for
+        the runner to complete, (job, record, None) for a cell that could not start, or None when it was sent
+        again to a fresh worker (its worker died before it began)."""
         cell, job = slot.cell, slot.cell.job
         seen = slot.worker.reader.end()
         status = None
@@ -169,12 +175,12 @@ class WorkerPool:
             slot.worker = None  # the next cell of this slot forks a fresh worker
         if not seen["started"] and seen["why"] == "eof":
             cell.deaths.append(_death(status))  # it died before it began this cell: the cell never ran
-            return self._dispatch(slot)
+            record = self._dispatch(slot)
+            return None if record is None else (job, record, None)
         slot.cell = None
         record = _verdict(job.case, job.device, job.dtype, seen, status, cell.limit, time.monotonic() - cell.start,
                           cell.workdir)
-        record = self.runner.settle_folder(record, cell.workdir, cell.hold)
-        return self.runner.complete(record, job.case, job.read, cell.task)
+        return job, self.runner.settle_folder(record, cell.workdir, cell.hold), cell.task
 
     def close(self) -> None:
         """Stop every worker; a cell still in flight (an interrupt) is killed and its folder removed."""
@@ -184,3 +190,7 @@ class WorkerPool:
             if slot.cell is not None:
                 shutil.rmtree(slot.cell.workdir, ignore_errors=True)
             slot.worker, slot.cell = None, None
+        for _, record, _ in self.ended:  # ended, never completed (an interrupt): a kept folder goes too
+            if record.get("artifact_dir"):
+                shutil.rmtree(record.pop("artifact_dir"), ignore_errors=True)
+        self.ended.clear()

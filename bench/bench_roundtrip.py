@@ -4,7 +4,9 @@ ratios taken in the same run do not). Prints figures; asserts nothing.
   per cell      the harness's cell (a forked worker, as `python -m harness run` runs it) against a bare
                 standalone round trip of the same model written by hand (from_pretrained on both sides, as a
                 naive user script does), LoRA r=4 on every family, interleaved; both with one torch thread
-  run overhead  `python -m harness run` (the full set): whole-process wall / the sum of its cells' stage seconds
+  run overhead  `python -m harness run` (the full set): whole-process wall / the sum of its cells' stage seconds,
+                with one worker and with --workers N (the default, 2: the stage seconds then add both workers'
+                time, so the ratio also shows how much the two workers overlap)
   cross read    `python -m harness run --artifacts` then `python -m harness read`: a read per cell against a
                 round trip per cell, the same cells
   xdist         `pytest cases -m "not cuda"` (the fast set) with -n 0 and -n N: wall, CPU seconds and what
@@ -142,39 +144,57 @@ def cells_of(path: str) -> list[dict]:
         return json.load(fh)["cells"]
 
 
-def whole_run(tmp: str, bare: dict | None) -> dict:
-    out = os.path.join(tmp, "run.json")
-    wall = run_cli(["run", "-q", "--out", out])
-    cells = [c for c in cells_of(out) if c.get("seconds")]
-    total = sum(stage_sum(c) for c in cells)
-    print(f"\nrun: `python -m harness run` (full set): {len(cells)} cells that ran, wall {wall:.1f} s, "
-          f"stage seconds {total:.1f} s, mean cell {ms(total / len(cells))}")
-    print(f"  RATIO run overhead (wall / stage seconds): {wall / total:.2f}x  (target <= 1.15x)")
+def whole_run(tmp: str, bare: dict | None, workers: int) -> dict:
+    """`python -m harness run` (the full set) with one worker and with `workers` (the default): wall, the
+    cells' stage seconds (summed over the workers: with two, both workers' time) and the CPU seconds."""
+    runs = {}
+    for n in dict.fromkeys((1, workers)):
+        out = os.path.join(tmp, f"run-{n}.json")
+        cpu0 = children_cpu()
+        wall = run_cli(["run", "-q", "--workers", str(n), "--out", out])
+        cpu = children_cpu() - cpu0
+        cells = [c for c in cells_of(out) if c.get("seconds")]
+        total = sum(stage_sum(c) for c in cells)
+        runs[n] = {"wall": wall, "stages": total, "cells": cells, "cpu": cpu}
+        what = "summed over both workers" if n > 1 else "one worker"
+        print(f"\nrun: `python -m harness run --workers {n}` (full set): {len(cells)} cells that ran, "
+              f"wall {wall:.1f} s, stage seconds {total:.1f} s ({what}), CPU {cpu:.1f} s, "
+              f"mean cell {ms(total / len(cells))}, load {os.getloadavg()[0]:.2f}")
+        print(f"  RATIO run overhead (wall / stage seconds{', both workers' if n > 1 else ''}): {wall / total:.2f}x"
+              f"  (target <= 1.15x){'  <- the default' if n == workers else ''}")
+    if len(runs) > 1:
+        one, many = runs[1], runs[workers]
+        print(f"  {workers} workers against 1: wall {one['wall'] / many['wall']:.2f}x faster, CPU "
+              f"{many['cpu'] / one['cpu']:.2f}x, mean cell {many['stages'] / one['stages']:.2f}x as long "
+              f"(what the cores left to this run: {one['cpu'] / one['wall']:.2f} / {many['cpu'] / many['wall']:.2f})")
     # what every run pays once before its first cell: the interpreter, torch / transformers / peft, the cases
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import harness.running.cli; from harness.roundtrip.check import "
                     "load_cases; load_cases('cases')"], cwd=ROOT, check=True, capture_output=True)
     fixed = time.perf_counter() - start
+    run = runs[workers]
     print(f"  of which imports + loading the cases (a process that does only that): {fixed:.1f} s; the rest: "
-          f"{(wall - fixed) / total:.2f}x the stage seconds")
+          f"{(run['wall'] - fixed) / run['stages']:.2f}x the stage seconds (default run)")
+    cells, total = runs[1]["cells"], runs[1]["stages"]
     if bare:
         weighted = statistics.mean(bare[c["family"]][0] for c in cells if c["family"] in bare)
         print(f"  mean cell of the run / bare script of its family: {total / len(cells) / weighted:.2f}x "
-              f"(every method and mode, against the LoRA script)")
-    return {"wall": wall, "stages": total, "cells": cells}
+              f"(one worker; every method and mode, against the LoRA script)")
+    return run
 
 
 def cross_read(tmp: str) -> None:
     art = os.path.join(tmp, "artifacts")
     wrote = os.path.join(tmp, "write.json")
     read = os.path.join(tmp, "read.json")
-    write_wall = run_cli(["run", "-q", "--device", "cpu", "--artifacts", art, "--out", wrote])
-    read_wall = run_cli(["read", art, "-q", "--device", "cpu", "--out", read])
+    # one worker on both sides: a per-cell cost, which a second worker's contention would inflate on both sides
+    write_wall = run_cli(["run", "-q", "--workers", "1", "--device", "cpu", "--artifacts", art, "--out", wrote])
+    read_wall = run_cli(["read", art, "-q", "--workers", "1", "--device", "cpu", "--out", read])
     own = {c["cell_id"]: c for c in cells_of(wrote) if c.get("seconds")}
     reads = [c for c in cells_of(read) if c.get("seconds") and c["cell_id"] in own]
     r = sum(stage_sum(c) for c in reads) / len(reads)
     w = sum(stage_sum(own[c["cell_id"]]) for c in reads) / len(reads)
-    print(f"\ncross-version read (this env reads its own artifacts): {len(reads)} reads, read phase wall "
+    print(f"\ncross-version read (this env reads its own artifacts, --workers 1): {len(reads)} reads, read phase wall "
           f"{read_wall:.1f} s, write phase wall {write_wall:.1f} s")
     print(f"  mean read {ms(r)}, mean round trip of the same cells {ms(w)} (stage seconds)")
     print(f"  RATIO read / round trip per cell: {r / w:.2f}x (stage seconds), "
@@ -188,17 +208,28 @@ def children_cpu() -> float:
 
 def xdist(workers: int) -> None:
     print(f"\npytest over cases/ (the fast set, not cuda), whole process incl. imports and collection")
-    walls, cpus = {}, {}
+    walls, cpus, probes = {}, {}, {}
+    probe = os.path.join(tempfile.mkdtemp(prefix="bench-probe-"), "controller.json")
+    env = dict(os.environ, BENCH_PROBE_OUT=probe, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     for n in (0, workers):
-        cmd = [sys.executable, "-m", "pytest", "cases", "-m", "not cuda", "-q", "-p", "no:cacheprovider", "-n", str(n)]
+        cmd = [sys.executable, "-m", "pytest", "cases", "-m", "not cuda", "-q", "-p", "no:cacheprovider", "-n", str(n),
+               "-p", "bench.xdist_probe"]
         load = os.getloadavg()[0]
         cpu0 = children_cpu()
         start = time.perf_counter()
-        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
         walls[n] = time.perf_counter() - start
         cpus[n] = children_cpu() - cpu0
         summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-200:]
+        probes[n] = json.load(open(probe)) if os.path.exists(probe) else None
         print(f"  -n {n}: wall {walls[n]:6.1f} s, CPU {cpus[n]:6.1f} s, load before {load:.2f}  ({summary})")
+    shutil.rmtree(os.path.dirname(probe), ignore_errors=True)
+    if probes.get(workers):
+        c = probes[workers]
+        print(f"  -n {workers}: the controller alone {c['cpu']:.1f} CPU s (it imported torch: {c['torch']}, peft: "
+              f"{c['peft']}: it loads and validates the cases), its {workers} workers "
+              f"{cpus[workers] - c['cpu']:.1f} CPU s")
     cores = os.cpu_count() or 1
     # the fixed cost every pytest process pays before its first cell: interpreter, torch / transformers / peft,
     # collecting and validating every case; -n N pays it in each of its N workers, at the same time
@@ -225,7 +256,7 @@ def xdist(workers: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=10)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="xdist workers, and `harness run --workers`")
     parser.add_argument("--skip", default="", help="comma-separated: cell,run,read,xdist")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -234,7 +265,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="bench-speed-")
     try:
         if "run" not in skip:
-            whole_run(tmp, bare)
+            whole_run(tmp, bare, args.workers)
         if "read" not in skip:
             cross_read(tmp)
         if "xdist" not in skip:

@@ -19,6 +19,7 @@ import harness.running.isolation as iso
 from harness import load_case_file
 from harness.specs.case import Case
 from harness.running.isolation import CellRunner, run_cell_isolated
+from harness.running.pool import run_jobs
 from harness.reporting.report import read_report
 
 
@@ -279,3 +280,56 @@ def test_a_cell_the_harness_could_not_start_is_not_kept_by_resume(write_case, ca
     cells = {c["cell_id"]: c for c in read_report(str(out))["cells"]}
     assert cells["bert_classifier-lora-a[cpu-fp32]"]["message"] == crashed["message"]  # kept, not rerun
     assert cells["bert_classifier-lora-b[cpu-fp32]"]["status"] == "pass"  # never started: run again
+
+
+# --- several workers at once (run / read --workers N) ------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    case: object
+    device: str = "cpu"
+    dtype: str = "fp32"
+    read: str | None = None
+
+
+def test_two_workers_isolate_crashes_timeouts_and_unstartable_cells_and_record_every_cell(
+        write_case, private_tmp, monkeypatch):
+    """The pool of `run --workers 2`: a segfault, a hang past the case's limit and a cell no worker can start
+    each cost only their own cell, with the verdict one worker gives; every other cell passes with the record
+    one worker gives it; nothing is left behind."""
+    ok = load_case_file(write_case(id="bert_classifier-lora-ok", devices=["cpu"]))
+    crashy = load_case_file(write_case(id="bert_classifier-lora-crashy", devices=["cpu"]))
+    slow = load_case_file(write_case(id="bert_classifier-lora-slow", devices=["cpu"], timeout_s=3))
+    never = load_case_file(write_case(id="bert_classifier-lora-never", devices=["cpu"]))
+    unstartable = _Unstartable(**{f.name: getattr(never, f.name) for f in dataclasses.fields(Case)})
+    original = iso.run_roundtrip
+
+    def faulty(case, device, dtype, **kwargs):  # runs in the worker: real faults, real libraries
+        if case.id.endswith("crashy"):
+            kwargs["after_load"] = _segfault
+        if case.id.endswith("slow"):
+            kwargs["after_save"] = _hang
+        return original(case, device, dtype, **kwargs)
+
+    monkeypatch.setattr(iso, "run_roundtrip", faulty)
+    jobs = [_Job(c) for c in (ok, crashy, slow, ok, unstartable, ok, crashy, ok)]
+    runner = CellRunner(known_issues=[])
+    started = []
+    try:
+        results = list(run_jobs(runner, jobs, workers=2, on_start=started.append))
+        one = runner.run(ok, "cpu", "fp32")  # the same cell in one worker
+    finally:
+        runner.close()
+    assert sorted(map(id, started)) == sorted(map(id, jobs))
+    assert sorted(id(job) for job, _ in results) == sorted(map(id, jobs))
+    verdicts = sorted((job.case.id, r["status"], r["stage"], r["exception_type"]) for job, r in results)
+    assert verdicts == sorted([("bert_classifier-lora-ok", "pass", None, None)] * 4 + [
+        ("bert_classifier-lora-crashy", "crashed", "load", "SIGSEGV")] * 2 + [
+        ("bert_classifier-lora-slow", "timeout", "save", "Timeout"),
+        ("bert_classifier-lora-never", "crashed", None, iso.NOT_STARTED)])
+    for job, record in results:
+        if record["status"] == "pass":
+            assert (record["max_abs_diff"], record["adapter_effect"]) == (one["max_abs_diff"], one["adapter_effect"])
+        if record["exception_type"] == iso.NOT_STARTED:
+            assert "could not start" in record["message"] and "exit code 9" in record["message"]
+    assert leftovers(private_tmp) == []

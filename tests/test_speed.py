@@ -201,3 +201,136 @@ def test_a_checkpoint_is_the_report_build_report_makes(tmp_path):
                                                   complete=False, incomplete_reason=written["incomplete_reason"])))
     written.pop("generated_at"), expected.pop("generated_at")
     assert written == expected and len(written["cells"]) == 3
+
+
+def test_a_reused_template_renders_each_call_and_the_card_a_fresh_compile_writes(bases, tmp_path, monkeypatch):
+    """The model card's Jinja2 template is compiled once per process: the same Template comes back for the same
+    source, each render still uses its own data, and the README.md that peft's save_pretrained writes is,
+    byte for byte, the one a fresh compile writes."""
+    import jinja2
+    import peft
+    from huggingface_hub import ModelCard
+
+    from harness.roundtrip.families import reuse_compiled_templates
+
+    assert reuse_compiled_templates()
+    source = open(ModelCard.default_template_path, encoding="utf-8").read()
+    assert jinja2.Template(source) is jinja2.Template(source)
+    assert jinja2.Template("{{ a }}!").render(a=1) == "1!" and jinja2.Template("{{ a }}!").render(a=2) == "2!"
+    case = _case("llama_causal-lora")
+    base_dir = bases.get(FAMILIES[case.family], case.model_config)
+
+    def card(target: str, reuse: bool) -> bytes:
+        monkeypatch.setenv(NO_REUSE_ENV, "0" if reuse else "1")
+        model = FAMILIES[case.family].classes()[1].from_pretrained(base_dir)
+        model = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=[target]))
+        out = tmp_path / f"{target}-{reuse}"
+        model.save_pretrained(str(out))
+        return (out / "README.md").read_bytes()
+
+    for target in ("q_proj", "v_proj"):
+        reused = card(target, True)
+        assert reused == card(target, False) and b"library_name: peft" in reused
+    monkeypatch.setenv(NO_REUSE_ENV, "1")
+    assert jinja2.Template(source) is not jinja2.Template(source)  # switched off: compiled at every call
+
+
+def test_the_final_report_is_the_document_write_report_writes(tmp_path):
+    """The final write after checkpoints validates only the document around the (already admitted) records,
+    and writes, byte for byte, what write_report writes of the same records."""
+    from harness.reporting.report import write_report
+    from harness.roundtrip.cell import new_record
+    from harness.roundtrip.environment import environment
+    from harness.running.checkpoints import ReportCheckpoints
+
+    case = _case("bert_classifier-lora")
+    path, expected = str(tmp_path / "report.json"), str(tmp_path / "expected.json")
+    checkpoints = ReportCheckpoints(path, interval_s=0)
+    for dtype, status in (("fp32", "pass"), ("bf16", "fail")):
+        checkpoints.add(dict(new_record(case, "cpu", dtype), status=status))
+    report = checkpoints.write(complete=True)
+    write_report(expected, list(checkpoints.records.values()), environment=environment("cpu"), complete=True)
+    with open(path) as fh, open(expected) as fe:
+        written, wanted = json.load(fh), json.load(fe)
+        written.pop("generated_at"), wanted.pop("generated_at")
+        assert written == wanted and report["complete"] is True and len(written["cells"]) == 2
+    with open(path) as fh:
+        assert fh.read().startswith('{\n "schema_version"')  # indented as write_report writes it
+
+
+def _atomic(x) -> bool:
+    import enum
+    import types
+    import weakref
+
+    if isinstance(x, (tuple, frozenset)):
+        return all(_atomic(y) for y in x)
+    return isinstance(x, (type(None), bool, int, float, complex, str, bytes, type, torch.dtype, torch.device,
+                          enum.Enum, types.FunctionType, types.BuiltinFunctionType, weakref.ref))
+
+
+def _same_structure(a, b, seen: set) -> None:
+    """`a` and `b` have the same types and attributes everywhere and equal values, and share no object but
+    atoms (walked through modules, dicts, lists, tuples, sets and tensors)."""
+    if id(a) in seen:
+        return
+    seen.add(id(a))
+    assert type(a) is type(b)
+    if _atomic(a):  # what deepcopy itself keeps (numbers, strings, functions, tuples of those, ...)
+        assert a is b or a == b or (a != a and b != b)
+        return
+    assert a is not b, type(a)
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b) and a.requires_grad == b.requires_grad
+        assert a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr() or a.numel() == 0
+        return
+    if isinstance(a, dict):
+        assert list(a) == list(b)
+        for key in a:
+            _same_structure(a[key], b[key], seen)
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _same_structure(x, y, seen)
+    elif isinstance(a, (set, frozenset)):
+        assert a == b
+    elif hasattr(a, "__dict__"):
+        _same_structure(vars(a), vars(b), seen)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_copy_model_is_a_deep_copy(bases, family):
+    """copy_model (what a reused base is copied with) makes what copy.deepcopy makes: every module, attribute,
+    config field and tensor equal, none shared with the base, tied weights still tied; a copy mutated in
+    place leaves the base and a second copy alone."""
+    import copy
+
+    from harness.roundtrip.families import copy_model, model_difference
+
+    model = FAMILIES[family].classes()[1].from_pretrained(bases.get(FAMILIES[family], {}))
+    fast, slow = copy_model(model), copy.deepcopy(model)
+    assert model_difference(fast, model) is None and model_difference(fast, slow) is None
+    _same_structure(slow, fast, set())  # two copies share nothing, so neither shares anything with the base
+    with torch.no_grad():
+        for tensor in _tensors(fast).values():
+            tensor.add_(1) if tensor.is_floating_point() else tensor.add_(0)
+    assert model_difference(copy_model(model), slow) is None
+
+
+def test_a_base_checkpoint_is_built_once_and_complete_where_two_workers_build_it(tmp_path):
+    """Two processes (a worker each) that build the same base at once both end up with one complete folder at
+    the same place, made with the umask's mode (it is exported to artifacts as it is)."""
+    root = tmp_path / "bases"
+    root.mkdir()
+    first, second = BaseCheckpoints(str(root)), BaseCheckpoints(str(root))
+    family = FAMILIES["llama_causal"]
+    path = first.get(family, {})
+    mtime = os.stat(os.path.join(path, "model.safetensors")).st_mtime_ns
+    assert second.get(family, {}) == path  # found complete: not built again
+    assert os.stat(os.path.join(path, "model.safetensors")).st_mtime_ns == mtime
+    BaseCheckpoints._build(family, {}, path)  # a second build that loses the race: the first folder stays
+    assert sorted(os.listdir(root)) == [os.path.basename(path)]
+    assert os.stat(os.path.join(path, "model.safetensors")).st_mtime_ns == mtime
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o777 & ~umask

@@ -25,7 +25,7 @@ from harness.roundtrip.adapters import apply_adapter, build_config, fill_trainab
 from harness.roundtrip.environment import environment
 from harness.roundtrip.errors import CheckFailed
 from harness.roundtrip.families import (BASE_SEED, FAMILIES, LOADED_BASES, BaseCheckpoints, checkpoint_fingerprint,
-                                       make_inputs)
+                                       make_inputs, reuse_compiled_templates)
 from harness.roundtrip.modes import BASE_DTYPE_OPTION, LOAD_MODES, SAVE_MODES, check_artifact
 from harness.roundtrip.steps import STEPS, run_steps
 
@@ -296,6 +296,7 @@ def _run_stages(case, device, dtype, record, bases, workdir, after_save, after_l
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    reuse_compiled_templates()  # the model card's template, compiled once per process (see families.py)
     save_dev = "cuda" if device in ("cuda", "cuda_to_cpu") else "cpu"
     load_dev = "cuda" if device == "cuda" else "cpu"
     family, tol = FAMILIES[case.family], record["tolerance"]

@@ -12,7 +12,8 @@ from harness.reporting.report import ReportError
 from harness.roundtrip.check import load_cases
 from harness.running import summary
 from harness.running.cells import EmptySelection, selected_cells
-from harness.running.isolation import ISOLATION_CHOICES, ISOLATION_HELP, isolate_value
+from harness.running.isolation import (DEFAULT_WORKERS, ISOLATION_CHOICES, ISOLATION_HELP, WORKERS_HELP,
+                                       isolate_value)
 from harness.running.outputs import OutputError, check_output_file, check_output_folder, same_file
 from harness.running.summary import EXIT_OK, EXIT_RED, EXIT_USAGE
 from harness.specs import statuses
@@ -43,7 +44,20 @@ class Job:
         return self.key
 
 
+def run_workers(args) -> int:
+    """How many workers run the cells at the same time: --workers, else DEFAULT_WORKERS with worker isolation
+    (one with fork / off)."""
+    if args.workers is not None:
+        return args.workers
+    return DEFAULT_WORKERS if args.isolation == "worker" else 1
+
+
 def _check_run_options(args) -> None:
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: at least 1")
+    if args.workers is not None and args.workers > 1 and args.isolation != "worker":
+        raise UsageError(f"--workers {args.workers} needs --isolation worker (the default): with "
+                         f"{args.isolation} the cells run one after another")
     check_timeout_option(args.timeout, "--timeout")
     if args.timeout is not None and not isolate_value(args.isolation):
         raise UsageError("--timeout needs an isolated run: a cell in this process cannot be stopped "
@@ -77,6 +91,7 @@ def drive(args, jobs: list[Job], signals, *, phase: str = "roundtrip", artifacts
     from harness.roundtrip.environment import environment
     from harness.running.checkpoints import ReportCheckpoints, interrupt_reason, resume_records
     from harness.running.isolation import CellRunner
+    from harness.running.pool import run_jobs
 
     previous = resume_records(args.out, environment("cpu")) if args.resume else {}
     todo = [job for job in jobs if job.key not in previous]
@@ -90,12 +105,14 @@ def drive(args, jobs: list[Job], signals, *, phase: str = "roundtrip", artifacts
     interrupted, exit_code, stopped = None, None, None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[counts]}"))
+    workers = run_workers(args)
     with Progress(*columns, console=console, disable=args.quiet) as progress:
         task = progress.add_task("cells", total=len(todo), counts="")
+        results = run_jobs(runner, todo, workers, on_start=lambda job: progress.update(
+            task, description=escape(job.label)))
         try:
-            for job in todo:
-                progress.update(task, description=escape(job.label))
-                record = checkpoints.add(runner.run(job.case, job.device, job.dtype, read=job.read))
+            for job, record in results:
+                record = checkpoints.add(record)
                 counts[record["status"]] += 1
                 if statuses.is_red(record["status"]):
                     progress.console.print(f"[red]{record['status']}[/red] {escape(job.label)} "
@@ -108,6 +125,7 @@ def drive(args, jobs: list[Job], signals, *, phase: str = "roundtrip", artifacts
             stopped = exc
         finally:
             signals.defer()  # nothing interrupts the shutdown and the final write
+            results.close()  # a cell still in flight (an interrupt) is killed, its folder removed
             runner.close()
     records = list(checkpoints.records.values())
     complete = interrupted is None and stopped is None and {job.key for job in jobs} <= set(checkpoints.records)
@@ -249,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--isolation", choices=ISOLATION_CHOICES, default="worker", help=ISOLATION_HELP)
     run.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                      help="time limit per cell unless the case sets timeout_s (default: 120)")
+    run.add_argument("--workers", type=int, default=None, metavar="N", help=WORKERS_HELP)
     run.add_argument("--keep-failed", default=None, metavar="DIR",
                      help="keep the checkpoint of every failing cell in DIR, with record.json and a standalone repro.py")
     run.add_argument("--resume", action="store_true",
@@ -270,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--isolation", choices=ISOLATION_CHOICES, default="worker", help=ISOLATION_HELP)
     rd.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                     help="time limit per read unless the case sets timeout_s (default: 120)")
+    rd.add_argument("--workers", type=int, default=None, metavar="N", help=WORKERS_HELP)
     rd.add_argument("--resume", action="store_true", help="keep the reads already in --out, do the missing ones")
     rd.set_defaults(func=cmd_read)
     lst = sub.add_parser("list", help="print the cell ids that `run` would run")

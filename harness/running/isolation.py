@@ -60,6 +60,13 @@ ISOLATION_HELP = ("crash isolation of the cells: a forked worker replaced after 
                   "default), a new child per cell (fork), or none (off: in this process, for debugging)")
 
 
+# How many forked workers run a `run` / `read` at the same time (harness.running.pool): two where there are two
+# cores; a cell's record is the same whichever worker runs it.
+DEFAULT_WORKERS = min(2, os.cpu_count() or 1)
+WORKERS_HELP = (f"worker processes that run cells at the same time (default: {DEFAULT_WORKERS} with --isolation "
+                "worker, else 1); each is crash-isolated and replaced on its own")
+
+
 def isolate_value(choice: str):
     """The CellRunner `isolate` argument for an --isolation choice."""
     return False if choice == "off" else choice
@@ -232,50 +239,69 @@ def _kill_group(pid: int) -> None:
 
 
 class _Reader:
-    """The parent's side of the pipe: stage, base checkpoints, record or harness error, one line each."""
+    """The parent's side of the pipe: stage, base checkpoints, record or harness error, one line each.
+    `wait` reads one cell's lines until it ends; a pool of workers drives the same steps itself (begin, feed
+    when select says the pipe is readable, expire at the deadline, end)."""
 
     def __init__(self, rfd: int, bases):
         self.rfd, self.bases, self.buf = rfd, bases, b""
+        self.seen: dict = {}
+        self.stage_start = 0.0
+
+    def begin(self) -> None:
+        """A cell was sent: what it sends from here on is this cell's."""
+        self.seen = {"record": None, "stage": None, "seconds": {}, "harness_error": None, "why": None,
+                     "started": False}
+        self.stage_start = time.monotonic()
+
+    def feed(self) -> bool:
+        """Read what the pipe holds (it is readable); True once the cell ended (record, harness error, EOF)."""
+        seen = self.seen
+        chunk = os.read(self.rfd, 1 << 16)
+        if not chunk:
+            seen["why"] = "eof"  # the child has exited
+            return True
+        self.buf += chunk
+        *lines, self.buf = self.buf.split(b"\n")
+        for line in lines:
+            msg = json.loads(line)
+            if "started" in msg:
+                seen["started"] = True
+            elif "stage" in msg:
+                now = time.monotonic()
+                if seen["stage"] is not None:
+                    seen["seconds"][seen["stage"]] = round(now - self.stage_start, 6)
+                seen["stage"], self.stage_start = msg["stage"], now
+            elif "bases" in msg:
+                self.bases.adopt(msg["bases"])
+            elif "record" in msg:
+                seen["record"], seen["why"] = msg["record"], "record"
+            elif "harness_error" in msg:
+                seen["harness_error"], seen["why"] = msg, "harness_error"
+        return seen["why"] in ("record", "harness_error")
+
+    def expire(self) -> None:
+        self.seen["why"] = "timeout"
+
+    def end(self) -> dict:
+        """What was seen: record, stage, seconds, error, why, started."""
+        seen = self.seen
+        if seen["stage"] is not None and seen["why"] != "record":
+            seen["seconds"][seen["stage"]] = round(time.monotonic() - self.stage_start, 6)
+        return seen
 
     def wait(self, deadline: float) -> dict:
-        """Read until a record, EOF or the deadline. Returns what was seen: record, stage, seconds, error, why."""
-        seen = {"record": None, "stage": None, "seconds": {}, "harness_error": None, "why": None,
-                "started": False}
-        stage_start = time.monotonic()
+        """Read until a record, EOF or the deadline. Returns what was seen (see end)."""
+        self.begin()
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                seen["why"] = "timeout"
+                self.expire()
                 break
             ready, _, _ = select.select([self.rfd], [], [], remaining)
-            if not ready:
-                continue
-            chunk = os.read(self.rfd, 1 << 16)
-            if not chunk:
-                seen["why"] = "eof"  # the child has exited
+            if ready and self.feed():
                 break
-            self.buf += chunk
-            *lines, self.buf = self.buf.split(b"\n")
-            for line in lines:
-                msg = json.loads(line)
-                if "started" in msg:
-                    seen["started"] = True
-                elif "stage" in msg:
-                    now = time.monotonic()
-                    if seen["stage"] is not None:
-                        seen["seconds"][seen["stage"]] = round(now - stage_start, 6)
-                    seen["stage"], stage_start = msg["stage"], now
-                elif "bases" in msg:
-                    self.bases.adopt(msg["bases"])
-                elif "record" in msg:
-                    seen["record"], seen["why"] = msg["record"], "record"
-                elif "harness_error" in msg:
-                    seen["harness_error"], seen["why"] = msg, "harness_error"
-            if seen["why"] in ("record", "harness_error"):
-                break
-        if seen["stage"] is not None and seen["why"] != "record":
-            seen["seconds"][seen["stage"]] = round(time.monotonic() - stage_start, 6)
-        return seen
+        return self.end()
 
 
 def _death(status) -> str:
@@ -509,17 +535,25 @@ class _Worker:
         self._close_pipes()
         return False
 
-    def run(self, case, device, dtype, workdir, limit, task=None):
+    def send(self, case, device, dtype, workdir, task=None) -> bool:
+        """Send the worker a cell; False when the worker is gone already (the cell never reached it)."""
         import pickle
 
         payload = pickle.dumps((case, device, dtype, workdir, task))
-        start = time.monotonic()
         try:
             _write_all(self.task_w, f"{len(payload)}\n".encode() + payload)
-        except BrokenPipeError:  # the worker is gone already: the cell never reached it
+        except BrokenPipeError:
+            return False
+        return True
+
+    def run(self, case, device, dtype, workdir, limit, task=None, while_waiting=None):
+        start = time.monotonic()
+        if not self.send(case, device, dtype, workdir, task):
             seen = {"record": None, "stage": None, "seconds": {}, "harness_error": None, "why": "eof",
                     "started": False}
             return seen, self.stop(kill=True), 0.0
+        if while_waiting is not None:  # the parent's chores, while the worker computes
+            while_waiting()
         seen = self.reader.wait(start + limit)
         status = None
         if seen["why"] in ("timeout", "eof"):
@@ -593,13 +627,14 @@ class CellRunner:
             known_issues = load_known_issues()
         self.known_issues = known_issues
         self._worker: _Worker | None = None
+        self._trash: list[str] = []  # folders of cells that ended, removed while a worker runs the next cell
+        self._spare: str | None = None  # the next cell's folder, made while a worker ran the last one
+        self._pool = None  # the harness.running.pool.WorkerPool running this runner's cells, while it runs
 
     def run(self, case, device: str, dtype: str, *, read: str | None = None, **kwargs) -> dict:
         """The cell's record, classified (the one place the CLI and the plugin classify). With `read` (an
         artifact cell folder of another release) the cell is a cross-version read of that artifact."""
-        keep = self.keep_failed is not None
-        task = {"read": read} if read else {"export": self.artifacts is not None}
-        hold = keep or bool(task.get("export"))  # the cell's folder outlives the cell until it is stored
+        task, hold = self.task_of(read)
         skip = applicability(case, device)
         if skip:  # decided here: nothing to isolate
             record = new_record(case, device, dtype)
@@ -618,6 +653,18 @@ class CellRunner:
                 if not hold:
                     shutil.rmtree(workdir, ignore_errors=True)
             record = _finish_workdir(record, workdir, hold)
+        return self.complete(record, case, read, task)
+
+    def task_of(self, read: str | None) -> tuple[dict, bool]:
+        """(what the cell's process is asked to do, whether the cell's folder outlives the cell until it is
+        stored or kept)."""
+        task = {"read": read} if read else {"export": self.artifacts is not None}
+        return task, self.keep_failed is not None or bool(task.get("export"))
+
+    def complete(self, record: dict, case, read: str | None, task: dict) -> dict:
+        """A raw record -> the run's record: classified, its artifact stored (--artifacts) or its evidence kept
+        (--keep-failed), its folder removed."""
+        keep = self.keep_failed is not None
         if read and "writer" not in record:  # a read that never started (crashed, timed out, skipped here)
             from harness.artifacts.read import writer_block
             from harness.artifacts.store import read_manifest
@@ -640,13 +687,63 @@ class CellRunner:
                 raise OutputError(f"--keep-failed {self.keep_failed}: cannot keep the evidence of "
                                   f"{record['cell_id']}: {exc.strerror or exc}") from None
         elif record.get("artifact_dir"):
-            shutil.rmtree(record.pop("artifact_dir"), ignore_errors=True)
+            self.discard(record.pop("artifact_dir"))
         return record
+
+    # A cell's folder is made and removed by this process (a killed worker leaves nothing behind). With worker
+    # isolation both happen while a worker computes: the folders of cells that ended are removed, and the next
+    # cell's folder is made, after a cell was handed out (tidy); a worker's cell never waits for them.
+
+    def cell_folder(self) -> str:
+        """A new, empty folder for a cell: the one made while the last cell ran, else one made now."""
+        folder, self._spare = self._spare, None
+        if folder is None or not os.path.isdir(folder):
+            folder = tempfile.mkdtemp(prefix="peft-compat-cell-", dir=self.tmp_root)
+        return folder
+
+    def discard(self, folder: str) -> None:
+        """A cell's folder that is done with: removed at the next tidy (worker isolation), else now."""
+        if self.isolate == "worker":
+            self._trash.append(folder)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def settle_folder(self, record: dict, folder: str, keep: bool) -> dict:
+        """_finish_workdir for a worker's cell: a folder that is not kept goes to the next tidy."""
+        if keep:
+            record["artifact_dir"] = folder
+        else:
+            self.discard(folder)
+            record.pop("artifact_dir", None)
+        return record
+
+    def tidy(self) -> None:
+        """While a worker runs a cell: remove the folders of the cells that ended, make the next cell's."""
+        trash, self._trash = self._trash, []
+        for folder in trash:
+            shutil.rmtree(folder, ignore_errors=True)
+        if self._spare is None:
+            try:
+                spare = tempfile.mkdtemp(prefix="peft-compat-cell-", dir=self.tmp_root)
+            except OSError:  # cell_folder makes it, or says why it cannot
+                return
+            try:  # what the cell's process makes first (_child, _Worker._serve), made here off its path
+                os.mkdir(os.path.join(spare, "tmp"))
+                open(os.path.join(spare, CRASH_FILE), "w").close()
+            except OSError:
+                pass
+            self._spare = spare
+
+    def _remove_folders(self) -> None:
+        self.tidy()
+        if self._spare is not None:
+            shutil.rmtree(self._spare, ignore_errors=True)
+            self._spare = None
 
     def _run_in_worker(self, case, device, dtype, keep: bool, task: dict) -> dict:
         limit = cell_timeout(case, self.timeout_s)
         self.bases = _prepare(case, self.bases)
-        workdir = tempfile.mkdtemp(prefix="peft-compat-cell-", dir=self.tmp_root)
+        workdir = self.cell_folder()
         seen, status, elapsed = None, None, 0.0
         deaths = []  # how each worker that was sent this cell died before the cell began
         cannot_fork = None
@@ -662,7 +759,8 @@ class CellRunner:
                     except OSError as exc:
                         cannot_fork = f"no worker process could be forked ({exc})"
                         break
-                seen, status, elapsed = self._worker.run(case, device, dtype, workdir, limit, task)
+                seen, status, elapsed = self._worker.run(case, device, dtype, workdir, limit, task,
+                                                         while_waiting=self.tidy)
                 if seen["why"] in ("timeout", "eof"):
                     self._worker = None  # stopped by run(); the next cell forks a fresh worker
                 if seen["started"] or seen["why"] != "eof":
@@ -675,12 +773,12 @@ class CellRunner:
                 self.stop_worker(kill=True)
                 shutil.rmtree(workdir, ignore_errors=True)
         if seen is None:
-            shutil.rmtree(workdir, ignore_errors=True)
+            self.discard(workdir)
             why = [f"{len(deaths)} worker process(es) died before the cell began ({', '.join(deaths)})"] \
                 if deaths else []
             return not_started_record(case, device, dtype, "; ".join(why + ([cannot_fork] if cannot_fork else [])))
         record = _verdict(case, device, dtype, seen, status, limit, elapsed, workdir)
-        return _finish_workdir(record, workdir, keep)
+        return self.settle_folder(record, workdir, keep)
 
     def stop_worker(self, kill: bool = False) -> None:
         if self._worker is not None:
@@ -688,6 +786,10 @@ class CellRunner:
             self._worker = None
 
     def close(self) -> None:
-        """Stop the worker and remove the base checkpoints folder (a run leaves no temporary folder behind)."""
+        """Stop the worker(s) and remove the base checkpoints folder (a run leaves no temporary folder behind)."""
+        if self._pool is not None:  # a pool's run left suspended (an interrupt between two of its records)
+            self._pool.close()
+            self._pool = None
         self.stop_worker()
+        self._remove_folders()
         self.bases.remove()

@@ -30,9 +30,9 @@ def test_every_peft_type_is_covered_or_listed_with_a_reason(cases):
 
 def test_a_peft_type_neither_covered_nor_listed_fails(cases):
     uncovered = load_uncovered()
-    uncovered.pop("XLORA")
+    uncovered.pop("ADAMSS")
     assert coverage_problems(cases, uncovered) == [
-        "XLORA: no case covers it and harness/specs/uncovered_methods.toml does not say why"]
+        "ADAMSS: no case covers it and harness/specs/uncovered_methods.toml does not say why"]
     without_poly = [c for c in cases if c.adapter_type != "PolyConfig"]
     assert coverage_problems(without_poly, load_uncovered()) == [
         "POLY: no case covers it and harness/specs/uncovered_methods.toml does not say why"]
@@ -63,10 +63,10 @@ def test_every_config_class_of_the_installed_peft_is_a_known_adapter_type():
 
 
 @pytest.mark.parametrize("data, words", [
-    ({"xlora": {"needs": "files", "reason": "x"}}, "capitals"),
-    ({"XLORA": {"needs": "files"}}, "exactly `needs` and `reason`"),
-    ({"XLORA": {"needs": "disk", "reason": "x"}}, "needs = 'disk' is not one of"),
-    ({"XLORA": {"needs": "files", "reason": "  "}}, "reason must say why"),
+    ({"adamss": {"needs": "library", "reason": "x"}}, "capitals"),
+    ({"ADAMSS": {"needs": "library"}}, "exactly `needs` and `reason`"),
+    ({"ADAMSS": {"needs": "disk", "reason": "x"}}, "needs = 'disk' is not one of"),
+    ({"ADAMSS": {"needs": "library", "reason": "  "}}, "reason must say why"),
 ])
 def test_a_malformed_uncovered_entry_is_rejected_with_its_name(data, words):
     with pytest.raises(UncoveredError, match=re.escape(words)) as info:

@@ -66,20 +66,69 @@ def adapter_kwargs(case) -> dict:
     return compat.translate_adapter_kwargs(case.family, resolve_groups(case.family, case.adapter_kwargs))
 
 
-def build_config(case):
+def build_config(case, kwargs: dict | None = None):
     """The PEFT config object for `case` on the installed peft, module names translated for the installed
-    transformers. Raises LookupError when the installed peft has no such config class."""
+    transformers (or from `kwargs`, already resolved). Raises LookupError when the installed peft has no such
+    config class."""
     import peft
 
     config_cls = getattr(peft, case.adapter_type, None)
     if config_cls is None:
         raise LookupError(f"peft {compat.installed_version('peft')} has no {case.adapter_type}")
-    return config_cls(**adapter_kwargs(case))
+    return config_cls(**(adapter_kwargs(case) if kwargs is None else kwargs))
+
+
+# X-LoRA mixes LoRA adapters that already exist on disk (XLoraConfig(adapters={name: folder})). In a case,
+# adapters = { "0" = "@saved_lora", ... } asks the harness to make each one: a LoRA adapter (r = 4 on the family's
+# @targets) on a copy of the base, filled with the adapter's name as salt, saved to a temporary folder that is
+# deleted once get_peft_model has read it -- so the round trip's load can only use what the save wrote.
+SAVED_LORA = "@saved_lora"
+
+
+def uses_saved_lora(kwargs: dict) -> bool:
+    adapters = kwargs.get("adapters")
+    return isinstance(adapters, dict) and SAVED_LORA in adapters.values()
+
+
+def save_lora_adapters(model, case, adapters: dict, root: str) -> dict:
+    """`adapters` with each "@saved_lora" replaced by the folder of a LoRA adapter saved under `root`."""
+    import copy
+    import os
+
+    import peft
+
+    from harness.roundtrip.families import FAMILIES
+
+    targets = FAMILIES[case.family].groups["targets"]
+    out = {}
+    for name, value in adapters.items():
+        if value != SAVED_LORA:
+            out[name] = value
+            continue
+        lora = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(
+            r=4, lora_alpha=8, target_modules=compat.translate_module_names(case.family, targets)))
+        fill_trainable(lora, salt=f"saved-lora-{name}")
+        out[name] = os.path.join(root, f"lora-{name}")
+        lora.save_pretrained(out[name])
+    return out
 
 
 def apply_adapter(model, case):
     """Returns the model to train: a PeftModel (get_peft_model) or the transformers model itself (add_adapter)."""
-    config = build_config(case)
+    kwargs = adapter_kwargs(case)
+    if uses_saved_lora(kwargs):
+        import shutil
+        import tempfile
+
+        import peft
+
+        root = tempfile.mkdtemp(prefix="peft-compat-saved-lora-")
+        try:
+            kwargs["adapters"] = save_lora_adapters(model, case, kwargs["adapters"], root)
+            return peft.get_peft_model(model, build_config(case, kwargs))
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    config = build_config(case, kwargs)
     if case.adapter_apply == "add_adapter":
         model.add_adapter(config)
         return model

@@ -138,6 +138,25 @@ def inputs_on(inputs: dict, device: str, dtype) -> dict:
     return {k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)) for k, v in inputs.items()}
 
 
+def adapted_inputs(case, inputs: dict) -> dict:
+    """`inputs` plus the case's `adapter.forward_kwargs`, for the adapted and the reloaded model only (the base
+    rejects them): a list of integers becomes an int64 tensor (task_ids of POLY / multitask prompt tuning),
+    "@name" a copy of the family input `name` (CPT's forward requires labels)."""
+    import torch
+
+    extra = {}
+    for name, value in case.forward_kwargs.items():
+        if isinstance(value, str):
+            source = value[1:]
+            if source not in inputs:
+                raise CheckFailed(f"adapter.forward_kwargs.{name}: the family has no input {source!r} "
+                                  f"(it has: {', '.join(sorted(inputs))})")
+            extra[name] = inputs[source].clone()
+        else:
+            extra[name] = torch.tensor(value, dtype=torch.long)
+    return {**inputs, **extra}
+
+
 @dataclass
 class LoadContext:
     """What a load mode may ask for: a fresh base as the user would load it, and the adapter config."""
@@ -317,8 +336,9 @@ def _run_stages(case, device, dtype, record, bases, workdir, after_save, after_l
                 if not fill_trainable(model):
                     _fail("the adapter has no trainable tensor: nothing to save")
             run_steps(model, case.steps, "after_adapt")
-            adapted_logits = forward_logits(model, inputs_on(inputs, save_dev, torch_dtype(dtype)))
-            effect = record["adapter_effect"] = max_abs_diff(adapted_logits, base_logits)
+            adapted = inputs_on(adapted_inputs(case, inputs), save_dev, torch_dtype(dtype))
+            adapted_logits = forward_logits(model, adapted)
+            effect = record["adapter_effect"] = adapter_effect(adapted_logits, base_logits)
             if not effect > threshold:
                 _fail(f"vacuous: the adapter changes the logits by at most {effect:.3g}, not more than "
                       f"{threshold:.3g} ({VACUITY_FACTOR} x tolerance): the round trip would prove nothing")
@@ -367,7 +387,8 @@ def load_and_compare(run: Stages, ctx: LoadContext, artifact: str, inputs: dict,
         if after_load:
             after_load(outcome.model)
     with run.stage("forward"):
-        logits = forward_logits(outcome.model, inputs_on(inputs, ctx.device, torch_dtype(ctx.dtype)))
+        logits = forward_logits(outcome.model, inputs_on(adapted_inputs(case, inputs), ctx.device,
+                                                         torch_dtype(ctx.dtype)))
     with run.stage("compare"):
         if logits.shape != expected.shape:
             _fail(f"logits shape {tuple(logits.shape)} after loading, {tuple(expected.shape)} before saving")
@@ -395,6 +416,17 @@ def export_for_readers(workdir: str, base_dir: str, inputs: dict, base_logits, a
     tensors = {f"input.{k}": v.contiguous() for k, v in inputs.items()}
     tensors.update({"logits.base": base_logits.contiguous(), "logits.adapted": adapted_logits.contiguous()})
     save_file(tensors, os.path.join(out, EXPORT_TENSORS))
+
+
+def adapter_effect(adapted, base) -> float:
+    """How far the adapter moves the logits: max abs difference from the base's. A prompt-learning adapter that
+    prepends virtual tokens to a causal LM's sequence (multitask prompt tuning, CPT) adds their positions to the
+    logits: then the positions of the real tokens (the last ones) are compared, so that a different length alone
+    never counts as an effect."""
+    if (adapted.dim() == base.dim() == 3 and adapted.shape[0] == base.shape[0] and adapted.shape[2] == base.shape[2]
+            and adapted.shape[1] > base.shape[1]):
+        adapted = adapted[:, adapted.shape[1] - base.shape[1]:]
+    return max_abs_diff(adapted, base)
 
 
 def max_abs_diff(a, b) -> float:

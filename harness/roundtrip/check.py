@@ -34,6 +34,8 @@ def check_case(case: Case) -> Case:
             if isinstance(name, str) and name.startswith("@") and name[1:] not in family.groups:
                 raise CaseError(path, f"adapter.kwargs.{key}", f"family {family.name!r} has no module group "
                                 f"{name!r} (it has: {', '.join('@' + g for g in sorted(family.groups))})")
+    if case.adapter_kwargs.get("task_type") == "@task_type" and family.task_type is None:
+        raise CaseError(path, "adapter.kwargs.task_type", f"family {family.name!r} has no PEFT task type")
     _one_of(path, "adapter.type", case.adapter_type, KNOWN_ADAPTER_TYPES, "adapter type")
     _one_of(path, "save.mode", case.save_mode, SAVE_MODES, "save mode")
     _one_of(path, "load.mode", case.load_mode, LOAD_MODES, "load mode")

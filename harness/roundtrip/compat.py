@@ -111,6 +111,10 @@ ADAPTER_KEY_MARKERS = (
     "lora_", "modules_to_save", "hada_", "lokr_", "ia3_", "vera_", "boft_", "oft_", "hra_", "fourierft_",
     "ln_tuning_layers", "prompt_encoder", "prompt_embeddings", "trainable_tokens", "adaption_", "vblora_",
     "bone_", "miss_", "randlora_", "shira_", "c3a_", "poly_", "ranknum", "token_adapter",
+    # peft 0.18 .. 0.21 methods: each tuner's `prefix`
+    "adamss_", "beft_", "lily_", "frod_", "pvera_", "glora_", "unilora_", "road_", "hira_", "waveft_", "osf_",
+    "delora_", "gralora_", "tinylora_", "psoft_", "peanut_", "shadow_", "supertuning_", "deft_", "xlora_", "cpt_",
+    "cartridge_",
 )
 
 

@@ -37,6 +37,7 @@ class Family:
     description: str = ""
     groups: dict = field(default_factory=dict)  # symbolic module groups for cases: "@attention" -> names
     layers_pattern: str | None = None  # the ModuleList name that layers_to_transform counts in
+    task_type: str | None = None  # the PEFT task type of the model class (task_type = "@task_type" in a case)
 
     def classes(self):
         import transformers
@@ -118,14 +119,16 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
            dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
                 max_position_embeddings=64, num_labels=3, **INIT), TOKEN_INPUTS, "BERT sequence classifier",
            groups={"targets": ["query", "value"], "mlp": ["intermediate.dense"], "head": ["classifier"],
-                   "norm": ["LayerNorm"], "embedding": ["word_embeddings"]}, layers_pattern="layer"),
+                   "norm": ["LayerNorm"], "embedding": ["word_embeddings"]}, layers_pattern="layer",
+           task_type="SEQ_CLS"),
     Family("llama_causal", "LlamaConfig", "LlamaForCausalLM",
            dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                 intermediate_size=37, max_position_embeddings=64, tie_word_embeddings=False,
                 initializer_range=0.1), TOKEN_INPUTS,
            "Llama-style causal LM",
            groups={"targets": ["q_proj", "v_proj"], "mlp": ["gate_proj", "up_proj"], "head": ["lm_head"],
-                   "norm": ["norm"], "embedding": ["embed_tokens"]}, layers_pattern="layers"),
+                   "norm": ["norm"], "embedding": ["embed_tokens"]}, layers_pattern="layers",
+           task_type="CAUSAL_LM"),
     Family("resnet_classifier", "ResNetConfig", "ResNetForImageClassification",
            dict(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
                 num_labels=3), SMALL_IMAGE_INPUTS,

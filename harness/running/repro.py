@@ -136,6 +136,7 @@ def repro_script(case, record: dict) -> str:
         model_config=repr({**family.tiny_config, **case.model_config}), load_kwargs=repr(dict(case.load_kwargs)),
         dtype_kw=repr(next(iter(compat.dtype_kwargs(None)))), save_dev=repr(save_dev), load_dev=repr(load_dev),
         adapter_kwargs=repr(adapter_kwargs(case)), adapter_apply=repr(case.adapter_apply),
+        forward_kwargs=repr(dict(case.forward_kwargs)),
         fill=repr(case.adapter_init == "fill"), fill_std=repr(FILL_STD),
         save_options=repr(dict(case.save_options)), load_options=repr(load_options),
         load_torch_dtype=TORCH_DTYPES[load_dtype],

@@ -126,7 +126,7 @@ def test_the_env_list_step_produces_the_matrix_json(tmp_path):
     outputs = dict(line.split("=", 1) for line in out.read_text().splitlines())
     envs = json.loads(outputs["envs"])
     assert len(envs) >= 8 and all(re.match(r"^peft\d+-tf\d+$", e) for e in envs)
-    assert outputs["newest"] == envs[-1] == "peft021-tf523"
+    assert outputs["newest"] == envs[-1] == "peft021-tf525"
 
 
 # What `python -m harness merge` imports beyond the standard library when it runs from a bare checkout (the jobs

@@ -29,6 +29,7 @@ from harness.roundtrip.cell import (LoadContext, Stages, applicability, base_key
                                     inputs_on, load_and_compare, load_base, max_abs_diff, new_record, record_failure,
                                     torch_dtype)
 from harness.roundtrip.errors import CheckFailed
+from harness.roundtrip.modes import LOAD_MODES
 
 
 class BaseIncompatible(CheckFailed):
@@ -79,7 +80,9 @@ def read_cell(case, cell_dir: str, *, manifest: dict | None = None, on_stage=Non
     if skip:
         record["status"], record["message"] = skip
         return record
-    record["dropped_config_fields"] = dropped_config_fields(manifest, case.adapter_type)
+    # a load that builds its config from the case never meets the saved fields: nothing is dropped
+    record["dropped_config_fields"] = (dropped_config_fields(manifest, case.adapter_type)
+                                       if LOAD_MODES[case.load_mode].reads_saved_config else [])
     run = Stages(record, on_stage)
     try:
         _read_stages(run, case, manifest, writer_dir)

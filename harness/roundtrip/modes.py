@@ -46,6 +46,9 @@ class LoadMode:
     load: Callable  # (ctx, path, options) -> LoadOutcome
     description: str
     repro: str  # the body of `def load(base_dir, path, options)` in a standalone repro.py (see above)
+    # the load reads the saved adapter_config.json (False: it builds the config from the case, as a user who passes
+    # their own config does; then a saved field the reader's peft lacks is not dropped by the reader)
+    reads_saved_config: bool = True
 
 
 @dataclass
@@ -536,7 +539,7 @@ LOAD_MODES: dict[str, LoadMode] = {m.name: m for m in [
                  # strict=False: every base weight is "missing" by construction; the adapter keys count
                  missing = [k for k in result.missing_keys if any(m in k for m in ADAPTER_KEY_MARKERS)]
                  return model, {"missing_keys": missing, "unexpected_keys": result.unexpected_keys}
-             """),
+             """, reads_saved_config=False),
     LoadMode("peft_mixed", "adapter_tree", _peft_mixed,
              "PeftMixedModel.from_pretrained(first adapter folder) + load_adapter(the others), all active",
              repro="""

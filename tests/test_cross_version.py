@@ -130,6 +130,30 @@ def test_a_config_field_the_reader_does_not_know_is_recorded(written):
     assert record["status"] in ("pass", "error")  # dropped with a warning (newer peft) or rejected (older)
 
 
+def test_a_load_that_builds_its_config_from_the_case_drops_no_saved_field(written):
+    """inject_adapter_in_model + set_peft_model_state_dict never reads adapter_config.json: a field the reader's
+    peft lacks is not dropped by it (no 'config fields unknown to the reader' relation), and the read passes."""
+    import dataclasses
+
+    case, cell = written
+    manifest = read_manifest(cell)
+
+    def add_field(path):
+        config = json.loads(open(path).read())
+        config["a_field_from_the_future"] = 3
+        open(path, "w").write(json.dumps(config))
+
+    _rewrite(cell, _saved(manifest, "adapter_config.json"), add_field)
+    manifest = read_manifest(cell)
+    manifest["adapter_config_keys"]["adapter_config.json"].append("a_field_from_the_future")
+    open(os.path.join(cell, "manifest.json"), "w").write(json.dumps(manifest))
+    injected = dataclasses.replace(case, load_mode="peft_inject_set_state_dict")
+    record = read_cell(injected, cell)
+    assert record["dropped_config_fields"] == []
+    assert record["status"] == "pass", record.get("message")
+    assert read_cell(case, cell)["dropped_config_fields"] == ["a_field_from_the_future"]  # the same artifact
+
+
 def test_a_base_that_does_not_load_here_is_base_incompatible(written):
     case, cell = written
     manifest = read_manifest(cell)

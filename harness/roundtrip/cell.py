@@ -26,7 +26,8 @@ from harness.roundtrip.environment import environment
 from harness.roundtrip.errors import CheckFailed
 from harness.roundtrip.families import (BASE_SEED, FAMILIES, LOADED_BASES, BaseCheckpoints, checkpoint_fingerprint,
                                        make_inputs, reuse_compiled_templates)
-from harness.roundtrip.modes import BASE_DTYPE_OPTION, LOAD_MODES, SAVE_MODES, check_artifact
+from harness.roundtrip.modes import (BASE_DTYPE_OPTION, LOAD_MODES, SAVE_MODES, check_artifact,
+                                     save_initial_adapter)
 from harness.roundtrip.steps import STEPS, run_steps
 
 SAVE_SEED = 0
@@ -332,6 +333,10 @@ def _run_stages(case, device, dtype, record, bases, workdir, after_save, after_l
         with run.stage("adapt"):
             torch.manual_seed(SAVE_SEED)
             model = apply_adapter(model, case)
+            save_options = dict(case.save_options)
+            if save_mode.needs_initial:  # before training: what a conversion on save starts from
+                save_options["path_initial_model_for_weight_conversion"] = save_initial_adapter(
+                    model, os.path.join(workdir, "initial-adapter"))
             if case.adapter_init == "fill":
                 if not fill_trainable(model):
                     _fail("the adapter has no trainable tensor: nothing to save")
@@ -343,7 +348,7 @@ def _run_stages(case, device, dtype, record, bases, workdir, after_save, after_l
                 _fail(f"vacuous: the adapter changes the logits by at most {effect:.3g}, not more than "
                       f"{threshold:.3g} ({VACUITY_FACTOR} x tolerance): the round trip would prove nothing")
         with run.stage("save"):
-            save_mode.save(model, artifact, dict(case.save_options))
+            save_mode.save(model, artifact, save_options)
             del model
             if after_save:
                 after_save(artifact)

@@ -37,6 +37,10 @@ class SaveMode:
     save: Callable  # (model, path, options) -> None
     description: str
     repro: str  # the body of `def save(model, path, options)` in a standalone repro.py (see above)
+    # the adapter as initialised (before training) is saved first and its folder passed to the save as
+    # options["path_initial_model_for_weight_conversion"] (PiSSA / OLoRA / CorDA: the trained adapter is converted
+    # into a plain LoRA that works on the untouched base)
+    needs_initial: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,10 @@ SAVE_MODES: dict[str, SaveMode] = {m.name: m for m in [
     SaveMode("peft_safetensors", "adapter_dir", ("get_peft_model",), _peft_save(True),
              "PeftModel.save_pretrained(dir) with safetensors (the default)",
              repro="model.save_pretrained(path, safe_serialization=True, **options)"),
+    SaveMode("peft_converted", "adapter_dir", ("get_peft_model",), _peft_save(True),
+             "PeftModel.save_pretrained(dir, path_initial_model_for_weight_conversion=<the adapter saved before "
+             "training>): PiSSA / OLoRA converted into a plain LoRA for the untouched base",
+             repro="model.save_pretrained(path, safe_serialization=True, **options)", needs_initial=True),
     SaveMode("peft_pickle", "adapter_dir", ("get_peft_model",), _peft_save(False),
              "PeftModel.save_pretrained(dir, safe_serialization=False)",
              repro="model.save_pretrained(path, safe_serialization=False, **options)"),
@@ -171,6 +179,19 @@ SAVE_MODES: dict[str, SaveMode] = {m.name: m for m in [
                      config.save_pretrained(sub)
              """),
 ]}
+
+
+def save_initial_adapter(model, path) -> str:
+    """The adapter as initialised, before training, saved the way PEFT documents it for a later conversion:
+    with init_lora_weights=True in its config (loading it then does not run PiSSA / OLoRA again)."""
+    config = model.peft_config["default"]
+    init = config.init_lora_weights
+    config.init_lora_weights = True
+    try:
+        model.save_pretrained(path)
+    finally:
+        config.init_lora_weights = init
+    return path
 
 
 # --- load ----------------------------------------------------------------------------------------------

@@ -139,6 +139,7 @@ def repro_script(case, record: dict) -> str:
         forward_kwargs=repr(dict(case.forward_kwargs)),
         fill=repr(case.adapter_init == "fill"), fill_std=repr(FILL_STD),
         save_options=repr(dict(case.save_options)), load_options=repr(load_options),
+        save_needs_initial=repr(save_mode.needs_initial),
         load_torch_dtype=TORCH_DTYPES[load_dtype],
         tolerance=repr(float(record["tolerance"])), vacuity=repr(VACUITY_FACTOR),
         markers=repr(tuple(compat.ADAPTER_KEY_MARKERS)),

@@ -112,8 +112,8 @@ def test_a_config_the_reader_rejects_is_an_error_at_load(written):
     assert "q_proj" in record["message"] or "v_proj" in record["message"]
 
 
-def test_a_config_field_the_reader_does_not_know_is_recorded(written):
-    case, cell = written
+def _add_config_field_from_the_future(cell: str) -> None:
+    """The saved adapter_config.json gains a field no peft has (as a newer peft would write), manifest updated."""
     manifest = read_manifest(cell)
 
     def add_field(path):
@@ -125,6 +125,11 @@ def test_a_config_field_the_reader_does_not_know_is_recorded(written):
     manifest = read_manifest(cell)
     manifest["adapter_config_keys"]["adapter_config.json"].append("a_field_from_the_future")
     open(os.path.join(cell, "manifest.json"), "w").write(json.dumps(manifest))
+
+
+def test_a_config_field_the_reader_does_not_know_is_recorded(written):
+    case, cell = written
+    _add_config_field_from_the_future(cell)
     record = read_cell(case, cell)
     assert record["dropped_config_fields"] == ["a_field_from_the_future"]
     assert record["status"] in ("pass", "error")  # dropped with a warning (newer peft) or rejected (older)
@@ -136,17 +141,7 @@ def test_a_load_that_builds_its_config_from_the_case_drops_no_saved_field(writte
     import dataclasses
 
     case, cell = written
-    manifest = read_manifest(cell)
-
-    def add_field(path):
-        config = json.loads(open(path).read())
-        config["a_field_from_the_future"] = 3
-        open(path, "w").write(json.dumps(config))
-
-    _rewrite(cell, _saved(manifest, "adapter_config.json"), add_field)
-    manifest = read_manifest(cell)
-    manifest["adapter_config_keys"]["adapter_config.json"].append("a_field_from_the_future")
-    open(os.path.join(cell, "manifest.json"), "w").write(json.dumps(manifest))
+    _add_config_field_from_the_future(cell)
     injected = dataclasses.replace(case, load_mode="peft_inject_set_state_dict")
     record = read_cell(injected, cell)
     assert record["dropped_config_fields"] == []

@@ -102,14 +102,15 @@ def test_an_isolated_cell_gives_the_same_record_as_in_process(write_case):
     assert "artifact_dir" not in isolated
 
 
-def test_the_worker_is_replaced_after_a_crash_and_a_timeout_and_every_cell_is_recorded(
-        write_case, private_tmp, monkeypatch):
+def _faulty_cases(write_case, monkeypatch):
+    """Three cells, (ok, crashy, slow): the worker's round trip segfaults after the crashy cell's load and hangs
+    past the slow cell's 3 s limit after its save (real faults in the worker, real libraries)."""
     ok = load_case_file(write_case(id="bert_classifier-lora-ok", devices=["cpu"]))
     crashy = load_case_file(write_case(id="bert_classifier-lora-crashy", devices=["cpu"]))
     slow = load_case_file(write_case(id="bert_classifier-lora-slow", devices=["cpu"], timeout_s=3))
     original = iso.run_roundtrip
 
-    def faulty(case, device, dtype, **kwargs):  # runs in the worker: real faults, real libraries
+    def faulty(case, device, dtype, **kwargs):  # runs in the worker
         if case.id.endswith("crashy"):
             kwargs["after_load"] = _segfault
         if case.id.endswith("slow"):
@@ -117,6 +118,12 @@ def test_the_worker_is_replaced_after_a_crash_and_a_timeout_and_every_cell_is_re
         return original(case, device, dtype, **kwargs)
 
     monkeypatch.setattr(iso, "run_roundtrip", faulty)
+    return ok, crashy, slow
+
+
+def test_the_worker_is_replaced_after_a_crash_and_a_timeout_and_every_cell_is_recorded(
+        write_case, private_tmp, monkeypatch):
+    ok, crashy, slow = _faulty_cases(write_case, monkeypatch)
     runner = CellRunner(known_issues=[])
     try:
         statuses, pids = [], []
@@ -297,21 +304,9 @@ def test_two_workers_isolate_crashes_timeouts_and_unstartable_cells_and_record_e
     """The pool of `run --workers 2`: a segfault, a hang past the case's limit and a cell no worker can start
     each cost only their own cell, with the verdict one worker gives; every other cell passes with the record
     one worker gives it; nothing is left behind."""
-    ok = load_case_file(write_case(id="bert_classifier-lora-ok", devices=["cpu"]))
-    crashy = load_case_file(write_case(id="bert_classifier-lora-crashy", devices=["cpu"]))
-    slow = load_case_file(write_case(id="bert_classifier-lora-slow", devices=["cpu"], timeout_s=3))
+    ok, crashy, slow = _faulty_cases(write_case, monkeypatch)
     never = load_case_file(write_case(id="bert_classifier-lora-never", devices=["cpu"]))
     unstartable = _Unstartable(**{f.name: getattr(never, f.name) for f in dataclasses.fields(Case)})
-    original = iso.run_roundtrip
-
-    def faulty(case, device, dtype, **kwargs):  # runs in the worker: real faults, real libraries
-        if case.id.endswith("crashy"):
-            kwargs["after_load"] = _segfault
-        if case.id.endswith("slow"):
-            kwargs["after_save"] = _hang
-        return original(case, device, dtype, **kwargs)
-
-    monkeypatch.setattr(iso, "run_roundtrip", faulty)
     jobs = [_Job(c) for c in (ok, crashy, slow, ok, unstartable, ok, crashy, ok)]
     runner = CellRunner(known_issues=[])
     started = []

@@ -12,7 +12,7 @@ torch / transformers / peft only, which --keep-failed puts into a standalone rep
   load mode: ``def load(base_dir, path, options)``, returning ``(loaded model, what the load API returned)``.
     The script provides ``fresh_base(base_dir)`` (the base as the user loads it, with the case's
     before_adapt steps, on the loading device), ``fresh_config()`` (a new config of the case's adapter),
-    ``MODEL_CLASS``, ``DTYPE_KWARGS``, ``LOAD_DEVICE`` and ``os``, ``torch``, ``peft``.
+    ``read_adapter_weights(path)`` (a saved adapter folder's tensors, safetensors else .bin), ``MODEL_CLASS``, ``DTYPE_KWARGS``, ``LOAD_DEVICE`` and ``os``, ``torch``, ``peft``.
 """
 from __future__ import annotations
 
@@ -546,13 +546,7 @@ LOAD_MODES: dict[str, LoadMode] = {m.name: m for m in [
     LoadMode("peft_inject_set_state_dict", "adapter_dir", _peft_inject_set_state_dict,
              "inject_adapter_in_model(config, fresh base) + set_peft_model_state_dict(model, saved weights)",
              repro="""
-                 st = os.path.join(path, "adapter_model.safetensors")  # else adapter_model.bin
-                 if os.path.isfile(st):
-                     from safetensors.torch import load_file
-                     weights = load_file(st)
-                 else:
-                     weights = torch.load(os.path.join(path, "adapter_model.bin"), map_location="cpu",
-                                          weights_only=True)
+                 weights = read_adapter_weights(path)  # adapter_model.safetensors, else adapter_model.bin
                  model = peft.inject_adapter_in_model(fresh_config(), fresh_base(base_dir))
                  prefix = "base_model.model."
                  state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in weights.items()}
@@ -576,13 +570,7 @@ LOAD_MODES: dict[str, LoadMode] = {m.name: m for m in [
     LoadMode("transformers_load_adapter_state_dict", "adapter_dir", _transformers_load_state_dict,
              "transformers from_pretrained(base) + load_adapter(peft_config=..., adapter_state_dict=saved tensors)",
              repro="""
-                 st = os.path.join(path, "adapter_model.safetensors")  # else adapter_model.bin
-                 if os.path.isfile(st):
-                     from safetensors.torch import load_file
-                     weights = load_file(st)
-                 else:
-                     weights = torch.load(os.path.join(path, "adapter_model.bin"), map_location="cpu",
-                                          weights_only=True)
+                 weights = read_adapter_weights(path)  # adapter_model.safetensors, else adapter_model.bin
                  model = fresh_base(base_dir)
                  config = peft.PeftConfig.from_pretrained(path)
                  result = model.load_adapter(peft_config=config, adapter_state_dict=weights, **options)

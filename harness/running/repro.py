@@ -21,7 +21,7 @@ from importlib import resources
 
 from harness.specs import statuses
 from harness.roundtrip import compat
-from harness.roundtrip.adapters import FILL_STD, adapter_kwargs
+from harness.roundtrip.adapters import FILL_STD, SAVED_LORA, adapter_kwargs
 from harness.roundtrip.cell import LOAD_SEED, SAVE_SEED, TORCH_DTYPES, VACUITY_FACTOR
 from harness.roundtrip.families import BASE_SEED, FAMILIES
 from harness.roundtrip.modes import BASE_DTYPE_OPTION, LOAD_MODES, SAVE_MODES
@@ -136,6 +136,8 @@ def repro_script(case, record: dict) -> str:
         model_config=repr({**family.tiny_config, **case.model_config}), load_kwargs=repr(dict(case.load_kwargs)),
         dtype_kw=repr(next(iter(compat.dtype_kwargs(None)))), save_dev=repr(save_dev), load_dev=repr(load_dev),
         adapter_kwargs=repr(adapter_kwargs(case)), adapter_apply=repr(case.adapter_apply),
+        saved_lora=repr(SAVED_LORA),
+        saved_lora_targets=repr(compat.translate_module_names(case.family, family.groups["targets"])),
         forward_kwargs=repr(dict(case.forward_kwargs)),
         fill=repr(case.adapter_init == "fill"), fill_std=repr(FILL_STD),
         save_options=repr(dict(case.save_options)), load_options=repr(load_options),

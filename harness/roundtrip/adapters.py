@@ -9,6 +9,7 @@ from __future__ import annotations
 import zlib
 
 from harness.roundtrip import compat
+from harness.roundtrip.calibration import calibrate
 
 # Every PEFT config class name the harness knows about. A case naming another is a typo; a case naming one
 # that the installed peft lacks is "not applicable" on that version (see roundtrip).
@@ -66,16 +67,35 @@ def adapter_kwargs(case) -> dict:
     return compat.translate_adapter_kwargs(case.family, resolve_groups(case.family, case.adapter_kwargs))
 
 
+# LoRA's sub-configurations: a case writes them as tables (eva_config = { rho = 2.0 }); the user passes the
+# objects (EvaConfig(...)), and peft < 0.16 uses what it gets (a dict then breaks EVA: no attribute rho).
+SUBCONFIG_MODULE = "peft.tuners.lora.config"
+SUBCONFIG_CLASSES = {"eva_config": "EvaConfig", "corda_config": "CordaConfig", "loftq_config": "LoftQConfig"}
+
+
+def with_subconfigs(kwargs: dict) -> dict:
+    """`kwargs` with each sub-configuration table made into its peft class (where the installed peft has it)."""
+    import importlib
+
+    out = dict(kwargs)
+    for key, class_name in SUBCONFIG_CLASSES.items():
+        if isinstance(out.get(key), dict):
+            cls = getattr(importlib.import_module(SUBCONFIG_MODULE), class_name, None)
+            if cls is not None:
+                out[key] = cls(**out[key])
+    return out
+
+
 def build_config(case, kwargs: dict | None = None):
     """The PEFT config object for `case` on the installed peft, module names translated for the installed
-    transformers (or from `kwargs`, already resolved). Raises LookupError when the installed peft has no such
-    config class."""
+    transformers (or from `kwargs`, already resolved), sub-configuration tables made into their classes.
+    Raises LookupError when the installed peft has no such config class."""
     import peft
 
     config_cls = getattr(peft, case.adapter_type, None)
     if config_cls is None:
         raise LookupError(f"peft {compat.installed_version('peft')} has no {case.adapter_type}")
-    return config_cls(**(adapter_kwargs(case) if kwargs is None else kwargs))
+    return config_cls(**with_subconfigs(adapter_kwargs(case) if kwargs is None else kwargs))
 
 
 # X-LoRA mixes LoRA adapters that already exist on disk (XLoraConfig(adapters={name: folder})). In a case,
@@ -115,7 +135,8 @@ def save_lora_adapters(model, case, adapters: dict, root: str) -> dict:
 
 def apply_adapter(model, case):
     """Returns the model to train: a PeftModel (get_peft_model), a PeftMixedModel (get_peft_model_mixed) or the
-    transformers model itself (add_adapter)."""
+    transformers model itself (add_adapter). A case's calibration (harness.roundtrip.calibration) runs on the
+    base before get_peft_model or on the PeftModel after it, as its method requires."""
     kwargs = adapter_kwargs(case)
     if uses_saved_lora(kwargs):
         import shutil
@@ -137,7 +158,10 @@ def apply_adapter(model, case):
 
     if case.adapter_apply == "get_peft_model_mixed":  # a PeftMixedModel: adapters of several types
         return peft.get_peft_model(model, config, mixed=True)
-    return peft.get_peft_model(model, config)
+    calibrate(model, case, config, "before_apply")
+    model = peft.get_peft_model(model, config)
+    calibrate(model, case, config, "after_apply")
+    return model
 
 
 def fill_trainable(model, salt: str = "train") -> list[str]:

@@ -22,6 +22,7 @@ def _one_of(path, field_path, value, registry, what):
 def check_case(case: Case) -> Case:
     """Raise CaseError (file and field) when the case names something this layer does not have."""
     from harness.roundtrip.adapters import KNOWN_ADAPTER_TYPES
+    from harness.roundtrip.calibration import CALIBRATIONS
     from harness.roundtrip.families import FAMILIES
     from harness.roundtrip.modes import BASE_DTYPE_OPTION, LOAD_MODES, SAVE_MODES
     from harness.roundtrip.steps import STEPS
@@ -37,6 +38,11 @@ def check_case(case: Case) -> Case:
     if case.adapter_kwargs.get("task_type") == "@task_type" and family.task_type is None:
         raise CaseError(path, "adapter.kwargs.task_type", f"family {family.name!r} has no PEFT task type")
     _one_of(path, "adapter.type", case.adapter_type, KNOWN_ADAPTER_TYPES, "adapter type")
+    if case.adapter_calibration is not None:
+        _one_of(path, "adapter.calibration", case.adapter_calibration, CALIBRATIONS, "calibration")
+        if case.adapter_apply != "get_peft_model":
+            raise CaseError(path, "adapter.calibration", f"a calibration runs around get_peft_model, not "
+                                                         f"adapter.apply={case.adapter_apply!r}")
     _one_of(path, "save.mode", case.save_mode, SAVE_MODES, "save mode")
     _one_of(path, "load.mode", case.load_mode, LOAD_MODES, "load mode")
     save, load = SAVE_MODES[case.save_mode], LOAD_MODES[case.load_mode]

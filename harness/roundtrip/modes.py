@@ -125,6 +125,23 @@ def _mixed_save(model, path, options):
         config.save_pretrained(sub)
 
 
+ADAPTER_SUBDIR, BASE_SUBDIR = "adapter", "base"  # the two folders of an "adapter_and_base" artifact
+
+
+def _peft_and_unloaded_base_save(model, path, options):
+    """An initialisation that rewrites the base (LoftQ: the quantized-dequantized weights) saved as PEFT documents
+    it: the adapter with init_lora_weights=True in its config (loading it must not initialise it again), then
+    unload() and save_pretrained of the rewritten base beside it."""
+    config = model.peft_config["default"]
+    init = config.init_lora_weights
+    config.init_lora_weights = True
+    try:
+        model.save_pretrained(os.path.join(path, ADAPTER_SUBDIR), **options)
+    finally:
+        config.init_lora_weights = init
+    model.unload().save_pretrained(os.path.join(path, BASE_SUBDIR))
+
+
 SAVE_MODES: dict[str, SaveMode] = {m.name: m for m in [
     SaveMode("peft_safetensors", "adapter_dir", ("get_peft_model",), _peft_save(True),
              "PeftModel.save_pretrained(dir) with safetensors (the default)",
@@ -133,6 +150,16 @@ SAVE_MODES: dict[str, SaveMode] = {m.name: m for m in [
              "PeftModel.save_pretrained(dir, path_initial_model_for_weight_conversion=<the adapter saved before "
              "training>): PiSSA / OLoRA converted into a plain LoRA for the untouched base",
              repro="model.save_pretrained(path, safe_serialization=True, **options)", needs_initial=True),
+    SaveMode("peft_and_unloaded_base", "adapter_and_base", ("get_peft_model",), _peft_and_unloaded_base_save,
+             "PeftModel.save_pretrained(dir/adapter) with init_lora_weights=True in the saved config, then "
+             "unload().save_pretrained(dir/base): the base an initialisation rewrote (LoftQ), saved beside its adapter",
+             repro=f"""
+                 init = model.peft_config["default"].init_lora_weights
+                 model.peft_config["default"].init_lora_weights = True  # loading must not initialise it again
+                 model.save_pretrained(os.path.join(path, {ADAPTER_SUBDIR!r}), **options)
+                 model.peft_config["default"].init_lora_weights = init
+                 model.unload().save_pretrained(os.path.join(path, {BASE_SUBDIR!r}))  # the rewritten base
+             """),
     SaveMode("peft_pickle", "adapter_dir", ("get_peft_model",), _peft_save(False),
              "PeftModel.save_pretrained(dir, safe_serialization=False)",
              repro="model.save_pretrained(path, safe_serialization=False, **options)"),
@@ -200,6 +227,17 @@ def _peft_from_pretrained(ctx, path, options):
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(ctx.fresh_base(), path, **options)
+    return LoadOutcome(model)
+
+
+def _peft_from_pretrained_saved_base(ctx, path, options):
+    """The base saved beside the adapter (from_pretrained(dir/base), the case's load kwargs), then
+    PeftModel.from_pretrained(that base, dir/adapter): how a LoftQ model is served."""
+    from peft import PeftModel
+
+    base = ctx.model_class().from_pretrained(os.path.join(path, BASE_SUBDIR), **ctx.dtype_kwargs(),
+                                             **ctx.case.load_kwargs)
+    model = PeftModel.from_pretrained(base.to(ctx.device), os.path.join(path, ADAPTER_SUBDIR), **options)
     return LoadOutcome(model)
 
 
@@ -464,6 +502,15 @@ LOAD_MODES: dict[str, LoadMode] = {m.name: m for m in [
                  model = peft.PeftModel.from_pretrained(fresh_base(base_dir), path, **options)
                  return model, None
              """),
+    LoadMode("peft_from_pretrained_saved_base", "adapter_and_base", _peft_from_pretrained_saved_base,
+             "from_pretrained(dir/base), the base saved beside the adapter, then PeftModel.from_pretrained(it, "
+             "dir/adapter)",
+             repro=f"""
+                 base = MODEL_CLASS.from_pretrained(os.path.join(path, {BASE_SUBDIR!r}), **DTYPE_KWARGS, **LOAD_KWARGS)
+                 model = peft.PeftModel.from_pretrained(base.to(LOAD_DEVICE), os.path.join(path, {ADAPTER_SUBDIR!r}),
+                                                        **options)
+                 return model, None
+             """),
     LoadMode("peft_load_adapter", "adapter_dir", _peft_load_adapter,
              "get_peft_model(fresh base) with a random adapter, then load_adapter(dir, adapter_name='other')",
              repro="""
@@ -663,6 +710,12 @@ def check_artifact(kind: str, path: str) -> None:
         for sub in dirs.values():
             if sub != path:
                 check_artifact("adapter_dir", sub)
+    if kind == "adapter_and_base":
+        check_artifact("adapter_dir", os.path.join(path, ADAPTER_SUBDIR))
+        if not os.path.isfile(os.path.join(path, BASE_SUBDIR, "config.json")):
+            raise CheckpointError(f"{path} has no saved base ({BASE_SUBDIR}/config.json); it holds: "
+                                  f"{sorted(os.listdir(path))}")
+        check_artifact("full_model_dir", os.path.join(path, BASE_SUBDIR))
     for name in sorted(os.listdir(path)):
         if name.endswith(".safetensors"):
             check_safetensors(os.path.join(path, name))

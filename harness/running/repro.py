@@ -21,7 +21,8 @@ from importlib import resources
 
 from harness.specs import statuses
 from harness.roundtrip import compat
-from harness.roundtrip.adapters import FILL_STD, SAVED_LORA, adapter_kwargs
+from harness.roundtrip.adapters import FILL_STD, SAVED_LORA, SUBCONFIG_CLASSES, SUBCONFIG_MODULE, adapter_kwargs
+from harness.roundtrip.calibration import CALIBRATION_BATCHES, CALIBRATION_SEED, CALIBRATIONS
 from harness.roundtrip.cell import LOAD_SEED, SAVE_SEED, TORCH_DTYPES, VACUITY_FACTOR
 from harness.roundtrip.families import BASE_SEED, FAMILIES
 from harness.roundtrip.modes import BASE_DTYPE_OPTION, LOAD_MODES, SAVE_MODES
@@ -124,6 +125,7 @@ def repro_script(case, record: dict) -> str:
     if reference:
         observed += f"\nKnown upstream issue: {reference}"
     step_functions, before_adapt, after_adapt = _steps_code(case)
+    calibration = CALIBRATIONS.get(case.adapter_calibration) if case.adapter_calibration else None
     return string.Template(template_text()).substitute(
         # the docstring
         cell_id=_doc(record["cell_id"]), status_line=_doc(f"{record['status']} at stage {record.get('stage')!r}"),
@@ -139,6 +141,10 @@ def repro_script(case, record: dict) -> str:
         saved_lora=repr(SAVED_LORA),
         saved_lora_targets=repr(compat.translate_module_names(case.family, family.groups["targets"])),
         forward_kwargs=repr(dict(case.forward_kwargs)),
+        subconfig_module=repr(SUBCONFIG_MODULE), subconfig_classes=repr(SUBCONFIG_CLASSES),
+        calibration=repr(calibration and calibration.name), calibration_at=repr(calibration and calibration.at),
+        calibration_seed=repr(CALIBRATION_SEED), calibration_batches=repr(CALIBRATION_BATCHES),
+        calibrate=function_body(calibration.repro if calibration else ""),
         fill=repr(case.adapter_init == "fill"), fill_std=repr(FILL_STD),
         save_options=repr(dict(case.save_options)), load_options=repr(load_options),
         save_needs_initial=repr(save_mode.needs_initial),

@@ -65,6 +65,7 @@ class Case:
     adapter_apply: str = "get_peft_model"
     adapter_kwargs: dict = field(default_factory=dict)
     adapter_init: str = "fill"
+    adapter_calibration: str | None = None  # a data-driven initialisation (harness.roundtrip.calibration)
     forward_kwargs: dict = field(default_factory=dict)  # extra inputs of the adapted model's forwards
     steps: tuple = ()
     save_options: dict = field(default_factory=dict)
@@ -96,6 +97,7 @@ class Case:
             timeout_s=data.get("timeout_s"), model_config=dict(model.get("config", {})),
             load_kwargs=dict(model.get("load_kwargs", {})), adapter_apply=adapter.get("apply", "get_peft_model"),
             adapter_kwargs=dict(adapter.get("kwargs", {})), adapter_init=adapter.get("init", "fill"),
+            adapter_calibration=adapter.get("calibration"),
             forward_kwargs=dict(adapter.get("forward_kwargs", {})),
             steps=tuple(dict(s) for s in data.get("steps", ())), save_options=dict(data["save"].get("options", {})),
             load_options=dict(data["load"].get("options", {})), requires=dict(data.get("requires", {})),

@@ -82,6 +82,8 @@ OTHERS = [
      "No modules were targeted for adaptation. This might be caused by a combination of mismatched target modules"),
     ("no-target-modules", "builtins.ValueError",
      "No layers types compatible with VeRA were found. Please check `peft_config.target_modules`."),
+    ("no-target-modules", "builtins.ValueError",  # FRoD's wording (peft 0.20), a ViT adapter across the 5.9 rename
+     "No layer types compatible with FRoD were found. Please check `peft_config.target_modules`."),
     ("vacuous-adapter", "CheckFailed", "vacuous: the adapter changes the logits by at most nan, not more than 0.0001"),
     ("frozen-parameter", "StepError",
      "train_parameter: 1 parameter(s) match 'position_embeddings' (vit.embeddings.position_embeddings, ...) but "

@@ -72,7 +72,7 @@ _ALL = (
               "the adapter's target modules are not in the model (renamed, or another architecture): peft words it "
               "as a ValueError or NoMatchingPeftModuleError, per method and release",
               (r"Target modules .* not found in the base model", r"No modules were targeted for adaptation",
-               r"No layers types compatible with \w+ were found")),
+               r"No layers? types compatible with \w+ were found")),
     Signature("peft-below-transformers-minimum",
               "transformers' PEFT integration (add_adapter, load_adapter, set_adapter...) refuses the installed peft: "
               "it is older than the integration's MIN_PEFT_VERSION",

@@ -408,13 +408,19 @@ AUTO_MODEL_CLASSES = ("AutoModelForSequenceClassification", "AutoModelForCausalL
                       "AutoModelForCTC")
 
 
-def _peft_auto(ctx, path, options):
-    """AutoPeftModel*.from_pretrained(adapter dir): the base comes from adapter_config.json."""
+def _auto_from_adapter_dir(ctx, path, options, package: str, default_name: str | None):
+    """<package>.<options' auto_class, else default_name, else the Auto class of the family's model
+    class>.from_pretrained(adapter dir): the base is the one adapter_config.json names."""
     opts = dict(options)
-    auto_cls = _auto_class("peft", opts.pop("auto_class", "AutoPeftModel"), None)
+    auto_cls = _auto_class(package, opts.pop("auto_class", default_name), ctx.model_class())
     with adapter_dir_on_base(path, ctx.base_dir) as adapter_dir:
         model = auto_cls.from_pretrained(adapter_dir, **ctx.dtype_kwargs(), **opts)
     return LoadOutcome(model.to(ctx.device))
+
+
+def _peft_auto(ctx, path, options):
+    """AutoPeftModel*.from_pretrained(adapter dir): the base comes from adapter_config.json."""
+    return _auto_from_adapter_dir(ctx, path, options, "peft", "AutoPeftModel")
 
 
 def _peft_inject_set_state_dict(ctx, path, options):
@@ -464,11 +470,7 @@ def _transformers_load_state_dict(ctx, path, options):
 def _transformers_auto(ctx, path, options):
     """AutoModelFor*.from_pretrained(adapter dir): transformers finds adapter_config.json, loads its base and
     the adapter."""
-    opts = dict(options)
-    auto_cls = _auto_class("transformers", opts.pop("auto_class", None), ctx.model_class())
-    with adapter_dir_on_base(path, ctx.base_dir) as adapter_dir:
-        model = auto_cls.from_pretrained(adapter_dir, **ctx.dtype_kwargs(), **opts)
-    return LoadOutcome(model.to(ctx.device))
+    return _auto_from_adapter_dir(ctx, path, options, "transformers", None)
 
 
 def _transformers_hotswap(ctx, path, options):
@@ -584,11 +586,7 @@ LOAD_MODES: dict[str, LoadMode] = {m.name: m for m in [
              "AutoPeftModel*.from_pretrained(dir) (options: auto_class, default AutoPeftModel); the base is the "
              "one adapter_config.json names (a copy names the reader's base when the writer's is gone)",
              repro="""
-                 opts = dict(options)
-                 auto_cls = getattr(peft, opts.pop("auto_class", "AutoPeftModel"))
-                 # adapter_config.json names the base folder this script saved (base_model_name_or_path)
-                 model = auto_cls.from_pretrained(path, **DTYPE_KWARGS, **opts)
-                 return model.to(LOAD_DEVICE), None
+                 return auto_from_adapter_dir(peft, peft.AutoPeftModel, path, options), None
              """),
     LoadMode("peft_inject_set_state_dict", "adapter_dir", _peft_inject_set_state_dict,
              "inject_adapter_in_model(config, fresh base) + set_peft_model_state_dict(model, saved weights)",
@@ -627,14 +625,7 @@ LOAD_MODES: dict[str, LoadMode] = {m.name: m for m in [
              "transformers AutoModelFor*.from_pretrained(adapter dir) (options: auto_class); the base is the one "
              "adapter_config.json names (a copy names the reader's base when the writer's is gone)",
              repro="""
-                 import transformers
-
-                 opts = dict(options)
-                 name = opts.pop("auto_class", None)
-                 auto_cls = getattr(transformers, name) if name else MODEL_CLASS
-                 # adapter_config.json names the base folder this script saved (base_model_name_or_path)
-                 model = auto_cls.from_pretrained(path, **DTYPE_KWARGS, **opts)
-                 return model.to(LOAD_DEVICE), None
+                 return auto_from_adapter_dir(transformers, MODEL_CLASS, path, options), None
              """),
     LoadMode("transformers_hotswap", "adapter_dir", _transformers_hotswap,
              "enable_peft_hotswap(**options), load_adapter(another adapter), load_adapter(dir, hotswap=True)",

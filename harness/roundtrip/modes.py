@@ -132,13 +132,7 @@ def _peft_and_unloaded_base_save(model, path, options):
     """An initialisation that rewrites the base (LoftQ: the quantized-dequantized weights) saved as PEFT documents
     it: the adapter with init_lora_weights=True in its config (loading it must not initialise it again), then
     unload() and save_pretrained of the rewritten base beside it."""
-    config = model.peft_config["default"]
-    init = config.init_lora_weights
-    config.init_lora_weights = True
-    try:
-        model.save_pretrained(os.path.join(path, ADAPTER_SUBDIR), **options)
-    finally:
-        config.init_lora_weights = init
+    save_initial_adapter(model, os.path.join(path, ADAPTER_SUBDIR), **options)
     model.unload().save_pretrained(os.path.join(path, BASE_SUBDIR))
 
 
@@ -154,10 +148,7 @@ SAVE_MODES: dict[str, SaveMode] = {m.name: m for m in [
              "PeftModel.save_pretrained(dir/adapter) with init_lora_weights=True in the saved config, then "
              "unload().save_pretrained(dir/base): the base an initialisation rewrote (LoftQ), saved beside its adapter",
              repro=f"""
-                 init = model.peft_config["default"].init_lora_weights
-                 model.peft_config["default"].init_lora_weights = True  # loading must not initialise it again
-                 model.save_pretrained(os.path.join(path, {ADAPTER_SUBDIR!r}), **options)
-                 model.peft_config["default"].init_lora_weights = init
+                 save_with_plain_init(model, os.path.join(path, {ADAPTER_SUBDIR!r}), **options)
                  model.unload().save_pretrained(os.path.join(path, {BASE_SUBDIR!r}))  # the rewritten base
              """),
     SaveMode("peft_pickle", "adapter_dir", ("get_peft_model",), _peft_save(False),
@@ -208,14 +199,15 @@ SAVE_MODES: dict[str, SaveMode] = {m.name: m for m in [
 ]}
 
 
-def save_initial_adapter(model, path) -> str:
-    """The adapter as initialised, before training, saved the way PEFT documents it for a later conversion:
-    with init_lora_weights=True in its config (loading it then does not run PiSSA / OLoRA again)."""
+def save_initial_adapter(model, path, **options) -> str:
+    """The adapter saved the way PEFT documents it for an initialisation that must not run again at load (the
+    adapter before training, for a PiSSA / OLoRA / CorDA conversion; LoftQ's adapter beside its rewritten base):
+    with init_lora_weights=True in its config."""
     config = model.peft_config["default"]
     init = config.init_lora_weights
     config.init_lora_weights = True
     try:
-        model.save_pretrained(path)
+        model.save_pretrained(path, **options)
     finally:
         config.init_lora_weights = init
     return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import getpass
 import json
 import os
 import signal
@@ -119,6 +120,28 @@ def _faulty_cases(write_case, monkeypatch):
 
     monkeypatch.setattr(iso, "run_roundtrip", faulty)
     return ok, crashy, slow
+
+
+def test_a_compiled_cell_leaves_the_next_compiled_cell_no_path_into_its_removed_folder(
+        write_case, private_tmp, monkeypatch):
+    """torch.compile sets TORCHINDUCTOR_CACHE_DIR for its process from tempfile.gettempdir() on first use. Where
+    torch._dynamo is first imported inside a cell (peft 0.7 with transformers 4.36), that is the cell's own folder,
+    which the runner removes while the worker runs the next cell: the next compiled cell then re-created it, and
+    failed with "No such file or directory: <old cell>/tmp" when the removal won the race (the oldest tox env, in
+    CI). The worker pins the cache folder before any cell: both cells pass, and no cell folder outlives the run."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # as in a process that has not compiled yet
+    compiled = load_case_file(write_case(id="bert_classifier-lora-compiled", devices=["cpu"],
+                                         save={"mode": "peft_compiled", "options": {"backend": "eager"}}))
+    runner = CellRunner(known_issues=[])
+    try:
+        records = [runner.run(compiled, "cpu", "fp32") for _ in range(3)]
+        pid = runner._worker.pid
+    finally:
+        runner.close()
+    assert [(r["status"], r["message"]) for r in records] == [("pass", None)] * 3
+    assert all(r["seconds"]["save"] > 0 for r in records) and pid is not None  # one worker compiled three times
+    assert leftovers(private_tmp) == []
+    assert os.path.isdir(private_tmp / f"torchinductor_{getpass.getuser()}")  # torch's default, as for the user
 
 
 def test_the_worker_is_replaced_after_a_crash_and_a_timeout_and_every_cell_is_recorded(

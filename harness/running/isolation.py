@@ -164,6 +164,7 @@ def _child(wfd: int, case, device, dtype, workdir, bases, kwargs) -> None:
         os.setpgid(0, 0)  # own process group: a timeout kills whatever the cell started, too
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # the parent decides what an interrupt means
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _pin_compile_cache()
         tmp = os.path.join(workdir, "tmp")
         os.makedirs(tmp, exist_ok=True)
         tempfile.tempdir = tmp
@@ -190,6 +191,21 @@ def _child(wfd: int, case, device, dtype, workdir, bases, kwargs) -> None:
 
 
 CRASH_FILE = "crash-traceback.txt"
+
+
+def _pin_compile_cache() -> None:
+    """Fix torch.compile's cache folder before a cell moves tempfile.tempdir into its own folder.
+
+    The first torch.compile of a process sets TORCHINDUCTOR_CACHE_DIR (for the process, for good) from
+    tempfile.gettempdir(). Where peft / transformers do not import torch._dynamo up front (peft 0.7 with
+    transformers 4.36, for one), that first compile runs inside a cell, so the worker's later compiled cells use,
+    and re-create, a cell folder that the runner is removing: "No such file or directory: <old cell>/tmp". Pinned
+    here to the folder the user's own process would use (torch's default, from the real temporary folder), which
+    is also where the newest releases put it, since they import torch._dynamo with peft."""
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = default_cache_dir()
 
 
 def _catch_crash_traceback(workdir: str) -> None:
@@ -491,6 +507,7 @@ class _Worker:
             import torch
 
             torch.set_num_threads(CHILD_THREADS)
+            _pin_compile_cache()
             tasks = os.fdopen(task_r, "rb")
             while True:
                 header = tasks.readline()

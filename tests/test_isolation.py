@@ -122,24 +122,25 @@ def _faulty_cases(write_case, monkeypatch):
     return ok, crashy, slow
 
 
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.skipif(
+    os.environ.get("PEFT_COMPAT_SLOW") != "1", reason="slow (inductor compiles C++, ~30 s a cell): PEFT_COMPAT_SLOW=1"))])
 def test_a_compiled_cell_leaves_the_next_compiled_cell_no_path_into_its_removed_folder(
-        write_case, private_tmp, monkeypatch):
-    """torch.compile sets TORCHINDUCTOR_CACHE_DIR for its process from tempfile.gettempdir() on first use. Where
-    torch._dynamo is first imported inside a cell (peft 0.7 with transformers 4.36), that is the cell's own folder,
-    which the runner removes while the worker runs the next cell: the next compiled cell then re-created it, and
+        write_case, private_tmp, monkeypatch, backend):
+    """torch fixes its compile-cache folders from tempfile.gettempdir() once per process: TORCHINDUCTOR_CACHE_DIR
+    on the first compile, the precompiled-header folder when torch._inductor.codecache is imported. Where that
+    first happens inside a cell (peft 0.7 with transformers 4.36 import torch._dynamo lazily), it is the cell's own
+    folder, which the runner removes while the worker runs the next cell: the next compiled cell re-created it, and
     failed with "No such file or directory: <old cell>/tmp" when the removal won the race (the oldest tox env, in
-    CI). The worker pins the cache folder before any cell: both cells pass, and no cell folder outlives the run."""
+    CI). The cell's process settles them first: every cell passes, and no cell folder outlives the run."""
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # as in a process that has not compiled yet
-    compiled = load_case_file(write_case(id="bert_classifier-lora-compiled", devices=["cpu"],
-                                         save={"mode": "peft_compiled", "options": {"backend": "eager"}}))
+    compiled = load_case_file(write_case(id="bert_classifier-lora-compiled", devices=["cpu"], timeout_s=600,
+                                         save={"mode": "peft_compiled", "options": {"backend": backend}}))
     runner = CellRunner(known_issues=[])
     try:
-        records = [runner.run(compiled, "cpu", "fp32") for _ in range(3)]
-        pid = runner._worker.pid
+        records = [runner.run(compiled, "cpu", "fp32") for _ in range(3 if backend == "eager" else 2)]
     finally:
         runner.close()
-    assert [(r["status"], r["message"]) for r in records] == [("pass", None)] * 3
-    assert all(r["seconds"]["save"] > 0 for r in records) and pid is not None  # one worker compiled three times
+    assert [(r["status"], r["message"]) for r in records] == [("pass", None)] * len(records)
     assert leftovers(private_tmp) == []
     assert os.path.isdir(private_tmp / f"torchinductor_{getpass.getuser()}")  # torch's default, as for the user
 

@@ -41,6 +41,9 @@ class SaveMode:
     # options["path_initial_model_for_weight_conversion"] (PiSSA / OLoRA / CorDA: the trained adapter is converted
     # into a plain LoRA that works on the untouched base)
     needs_initial: bool = False
+    # modules that fix folders from tempfile.gettempdir() once per process, when imported (torch's compile cache):
+    # the cell's process imports them before the cell's own temporary folder takes over (harness.running.isolation)
+    process_imports: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,8 @@ SAVE_MODES: dict[str, SaveMode] = {m.name: m for m in [
                  with torch.no_grad():
                      compiled(**to_device(make_inputs(model.get_base_model().config, seed=7), p.device, p.dtype))
                  compiled.save_pretrained(path)
-             """),
+             """,
+             process_imports=("torch._inductor.codecache",)),
     SaveMode("peft_mixed_each_adapter", "adapter_tree", ("get_peft_model_mixed",), _mixed_save,
              "each adapter of a PeftMixedModel saved as PeftModel would (weights + config, a folder per name)",
              repro="""

@@ -164,7 +164,7 @@ def _child(wfd: int, case, device, dtype, workdir, bases, kwargs) -> None:
         os.setpgid(0, 0)  # own process group: a timeout kills whatever the cell started, too
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # the parent decides what an interrupt means
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        _pin_compile_cache()
+        _settle_process_paths(case, kwargs.get("task"))
         tmp = os.path.join(workdir, "tmp")
         os.makedirs(tmp, exist_ok=True)
         tempfile.tempdir = tmp
@@ -193,19 +193,28 @@ def _child(wfd: int, case, device, dtype, workdir, bases, kwargs) -> None:
 CRASH_FILE = "crash-traceback.txt"
 
 
-def _pin_compile_cache() -> None:
-    """Fix torch.compile's cache folder before a cell moves tempfile.tempdir into its own folder.
+def _settle_process_paths(case, task: dict | None) -> None:
+    """Let torch.compile fix its folders before a cell moves tempfile.tempdir into the cell's own folder.
 
-    The first torch.compile of a process sets TORCHINDUCTOR_CACHE_DIR (for the process, for good) from
-    tempfile.gettempdir(). Where peft / transformers do not import torch._dynamo up front (peft 0.7 with
-    transformers 4.36, for one), that first compile runs inside a cell, so the worker's later compiled cells use,
-    and re-create, a cell folder that the runner is removing: "No such file or directory: <old cell>/tmp". Pinned
-    here to the folder the user's own process would use (torch's default, from the real temporary folder), which
-    is also where the newest releases put it, since they import torch._dynamo with peft."""
+    torch fixes the folders of its compile cache from tempfile.gettempdir(), once per process: it sets
+    TORCHINDUCTOR_CACHE_DIR on the first compile, and torch._inductor.codecache computes its precompiled-header
+    folder when it is imported. Where peft / transformers do not import torch._dynamo up front (peft 0.7 with
+    transformers 4.36, for one), both happen inside the first compiled cell, so the worker's later compiled cells
+    use, and re-create, a cell folder that the runner is removing ("No such file or directory: <old cell>/tmp").
+    Here they go to the folder the user's own process would use (torch's default, from the real temporary
+    folder): the variable is pinned for every cell, and a save mode that compiles names the modules to import
+    first (`SaveMode.process_imports`; imported once per process, where the cell would import them anyway)."""
     if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
         from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = default_cache_dir()
+    if not (task or {}).get("read"):  # a read loads what another release saved: it does not run the save mode
+        import importlib
+
+        from harness.roundtrip.modes import SAVE_MODES
+
+        for name in SAVE_MODES[case.save_mode].process_imports:
+            importlib.import_module(name)
 
 
 def _catch_crash_traceback(workdir: str) -> None:
@@ -507,7 +516,6 @@ class _Worker:
             import torch
 
             torch.set_num_threads(CHILD_THREADS)
-            _pin_compile_cache()
             tasks = os.fdopen(task_r, "rb")
             while True:
                 header = tasks.readline()
@@ -516,6 +524,7 @@ class _Worker:
                 case, device, dtype, workdir, task = pickle.loads(tasks.read(int(header)))
                 _write_line(res_w, {"started": True})  # from here on a death is the cell's
                 try:
+                    _settle_process_paths(case, task)
                     tmp = os.path.join(workdir, "tmp")
                     os.makedirs(tmp, exist_ok=True)
                     tempfile.tempdir = tmp

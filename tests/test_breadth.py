@@ -8,6 +8,7 @@ import pytest
 from harness import run_cell
 from harness.roundtrip.adapters import adapter_kwargs
 from harness.roundtrip.check import load_cases, read_case_file
+from harness.roundtrip.families import FAMILIES
 from harness.specs.case import Case, CaseError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,3 +102,14 @@ def test_breadth_of_the_shipped_cases():
             option_families.setdefault(c.id.split("-", 1)[1], set()).add(c.family)
     multi = [k for k, fams in option_families.items() if len(fams) > 1]
     assert len(multi) >= 8, option_families
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_each_familys_auto_class_maps_its_config_to_its_model_class(name):
+    """The transformers Auto path (load mode transformers_auto, and its repro.py) loads through the family's
+    AutoModelFor* class: the one whose mapping gives the family's model class for its config class."""
+    import transformers
+
+    family = FAMILIES[name]
+    config_class, model_class = family.classes()
+    assert getattr(transformers, family.auto_class)._model_mapping[config_class] is model_class

@@ -38,6 +38,7 @@ class Family:
     groups: dict = field(default_factory=dict)  # symbolic module groups for cases: "@attention" -> names
     layers_pattern: str | None = None  # the ModuleList name that layers_to_transform counts in
     task_type: str | None = None  # the PEFT task type of the model class (task_type = "@task_type" in a case)
+    auto_class: str | None = None  # the transformers AutoModelFor* class that maps the config to model_class
 
     def classes(self):
         import transformers
@@ -110,17 +111,19 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
                 num_conv_pos_embedding_groups=2, hidden_dropout=0.1, attention_dropout=0.1, **INIT),
            AUDIO_INPUTS, "speech encoder with a CTC head (no input embeddings: get_input_embeddings raises)",
            groups={"targets": ["q_proj", "v_proj"], "mlp": ["intermediate_dense"], "head": ["lm_head"],
-                   "norm": ["final_layer_norm"]}, layers_pattern="layers"),
+                   "norm": ["final_layer_norm"]}, layers_pattern="layers", auto_class="AutoModelForCTC"),
     Family("vit_224", "ViTConfig", "ViTForImageClassification", dict(image_size=224, **_VIT), PIXEL_INPUTS,
-           "ViT image classifier at 224 px (197 position embeddings)", groups=_VIT_GROUPS),
+           "ViT image classifier at 224 px (197 position embeddings)", groups=_VIT_GROUPS,
+           auto_class="AutoModelForImageClassification"),
     Family("vit_512", "ViTConfig", "ViTForImageClassification", dict(image_size=512, **_VIT), PIXEL_INPUTS,
-           "ViT image classifier at 512 px (1025 position embeddings)", groups=_VIT_GROUPS),
+           "ViT image classifier at 512 px (1025 position embeddings)", groups=_VIT_GROUPS,
+           auto_class="AutoModelForImageClassification"),
     Family("bert_classifier", "BertConfig", "BertForSequenceClassification",
            dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
                 max_position_embeddings=64, num_labels=3, **INIT), TOKEN_INPUTS, "BERT sequence classifier",
            groups={"targets": ["query", "value"], "mlp": ["intermediate.dense"], "head": ["classifier"],
                    "norm": ["LayerNorm"], "embedding": ["word_embeddings"]}, layers_pattern="layer",
-           task_type="SEQ_CLS"),
+           task_type="SEQ_CLS", auto_class="AutoModelForSequenceClassification"),
     Family("llama_causal", "LlamaConfig", "LlamaForCausalLM",
            dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                 intermediate_size=37, max_position_embeddings=64, tie_word_embeddings=False,
@@ -128,12 +131,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
            "Llama-style causal LM",
            groups={"targets": ["q_proj", "v_proj"], "mlp": ["gate_proj", "up_proj"], "head": ["lm_head"],
                    "norm": ["norm"], "embedding": ["embed_tokens"]}, layers_pattern="layers",
-           task_type="CAUSAL_LM"),
+           task_type="CAUSAL_LM", auto_class="AutoModelForCausalLM"),
     Family("resnet_classifier", "ResNetConfig", "ResNetForImageClassification",
            dict(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
                 num_labels=3), SMALL_IMAGE_INPUTS,
            "ResNet image classifier at 32 px: convolutions and BatchNorm with running statistics (buffers)",
-           groups={"targets": ["convolution"], "head": ["classifier.1"], "norm": ["normalization"]}),
+           groups={"targets": ["convolution"], "head": ["classifier.1"], "norm": ["normalization"]},
+           auto_class="AutoModelForImageClassification"),
 ]}
 
 

@@ -382,33 +382,13 @@ def _peft_hotswap(ctx, path, options):
     return LoadOutcome(model)
 
 
-def _auto_class(package: str, name: str | None, model_class):
-    """An Auto* class of `package` by name, or (name None) the transformers Auto class that maps to the
-    family's model class."""
+def _auto_from_adapter_dir(ctx, path, options, package: str, default_name: str):
+    """<package>.<options' auto_class, else default_name>.from_pretrained(adapter dir): the base is the one
+    adapter_config.json names."""
     import importlib
 
-    module = importlib.import_module(package)
-    if name:
-        return getattr(module, name)
-    for auto in AUTO_MODEL_CLASSES:
-        auto_cls = getattr(module, auto, None)
-        try:
-            if auto_cls is not None and model_class in auto_cls._model_mapping.values():
-                return auto_cls
-        except Exception:  # a lazy mapping entry that does not import here
-            continue
-    raise LookupError(f"no transformers Auto class maps to {model_class.__name__}")
-
-
-AUTO_MODEL_CLASSES = ("AutoModelForSequenceClassification", "AutoModelForCausalLM", "AutoModelForImageClassification",
-                      "AutoModelForCTC")
-
-
-def _auto_from_adapter_dir(ctx, path, options, package: str, default_name: str | None):
-    """<package>.<options' auto_class, else default_name, else the Auto class of the family's model
-    class>.from_pretrained(adapter dir): the base is the one adapter_config.json names."""
     opts = dict(options)
-    auto_cls = _auto_class(package, opts.pop("auto_class", default_name), ctx.model_class())
+    auto_cls = getattr(importlib.import_module(package), opts.pop("auto_class", default_name))
     with adapter_dir_on_base(path, ctx.base_dir) as adapter_dir:
         model = auto_cls.from_pretrained(adapter_dir, **ctx.dtype_kwargs(), **opts)
     return LoadOutcome(model.to(ctx.device))
@@ -466,7 +446,9 @@ def _transformers_load_state_dict(ctx, path, options):
 def _transformers_auto(ctx, path, options):
     """AutoModelFor*.from_pretrained(adapter dir): transformers finds adapter_config.json, loads its base and
     the adapter."""
-    return _auto_from_adapter_dir(ctx, path, options, "transformers", None)
+    from harness.roundtrip.families import FAMILIES
+
+    return _auto_from_adapter_dir(ctx, path, options, "transformers", FAMILIES[ctx.case.family].auto_class)
 
 
 def _transformers_hotswap(ctx, path, options):
@@ -621,7 +603,7 @@ LOAD_MODES: dict[str, LoadMode] = {m.name: m for m in [
              "transformers AutoModelFor*.from_pretrained(adapter dir) (options: auto_class); the base is the one "
              "adapter_config.json names (a copy names the reader's base when the writer's is gone)",
              repro="""
-                 return auto_from_adapter_dir(transformers, MODEL_CLASS, path, options), None
+                 return auto_from_adapter_dir(transformers, AUTO_CLASS, path, options), None
              """),
     LoadMode("transformers_hotswap", "adapter_dir", _transformers_hotswap,
              "enable_peft_hotswap(**options), load_adapter(another adapter), load_adapter(dir, hotswap=True)",

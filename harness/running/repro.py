@@ -133,7 +133,8 @@ def repro_script(case, record: dict) -> str:
         versions=_doc(", ".join(f"{p} {env.get(p)}" for p in ("peft", "transformers", "torch", "safetensors",
                                                                  "python"))),
         # names and literals
-        config_class=family.config_class, model_class=family.model_class, adapter_type=case.adapter_type,
+        config_class=family.config_class, model_class=family.model_class, auto_class=family.auto_class,
+        adapter_type=case.adapter_type,
         torch_dtype=TORCH_DTYPES[dtype], save_mode=save_mode.name, load_mode=load_mode.name,
         model_config=repr({**family.tiny_config, **case.model_config}), load_kwargs=repr(dict(case.load_kwargs)),
         dtype_kw=repr(next(iter(compat.dtype_kwargs(None)))), save_dev=repr(save_dev), load_dev=repr(load_dev),

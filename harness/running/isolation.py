@@ -164,11 +164,7 @@ def _child(wfd: int, case, device, dtype, workdir, bases, kwargs) -> None:
         os.setpgid(0, 0)  # own process group: a timeout kills whatever the cell started, too
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # the parent decides what an interrupt means
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        _settle_process_paths(case, kwargs.get("task"))
-        tmp = os.path.join(workdir, "tmp")
-        os.makedirs(tmp, exist_ok=True)
-        tempfile.tempdir = tmp
-        _catch_crash_traceback(workdir)
+        _enter_cell(case, kwargs.get("task"), workdir)
         import torch
 
         torch.set_num_threads(CHILD_THREADS)
@@ -191,6 +187,16 @@ def _child(wfd: int, case, device, dtype, workdir, bases, kwargs) -> None:
 
 
 CRASH_FILE = "crash-traceback.txt"
+
+
+def _enter_cell(case, task: dict | None, workdir: str) -> None:
+    """In the cell's process, before the cell: torch's cache folders settled, the cell's temporary files in its
+    folder (tmp/), a crash's Python stack into its crash file."""
+    _settle_process_paths(case, task)
+    tmp = os.path.join(workdir, "tmp")
+    os.makedirs(tmp, exist_ok=True)
+    tempfile.tempdir = tmp
+    _catch_crash_traceback(workdir)
 
 
 def _settle_process_paths(case, task: dict | None) -> None:
@@ -524,11 +530,7 @@ class _Worker:
                 case, device, dtype, workdir, task = pickle.loads(tasks.read(int(header)))
                 _write_line(res_w, {"started": True})  # from here on a death is the cell's
                 try:
-                    _settle_process_paths(case, task)
-                    tmp = os.path.join(workdir, "tmp")
-                    os.makedirs(tmp, exist_ok=True)
-                    tempfile.tempdir = tmp
-                    _catch_crash_traceback(workdir)
+                    _enter_cell(case, task, workdir)
                     snapshot = bases.known()
                     record = _execute(case, device, dtype, bases=bases, workdir=workdir, task=task,
                                       on_stage=lambda name: _write_line(res_w, {"stage": name}))

@@ -129,3 +129,24 @@ def test_a_broken_checkpoint_is_a_clear_error_at_load(write_case, fault, words):
     assert record["stage"] == "load"
     assert record["exception_type"] == "harness.roundtrip.modes.CheckpointError"
     assert words in record["message"] and "artifact" in record["message"]  # names the file or folder
+
+
+@pytest.mark.parametrize("table", ["known_issues", "uncovered"])
+def test_a_spec_table_that_cannot_be_read_is_one_error_naming_the_file(tmp_path, table):
+    """--known-issues and the uncovered-methods table: a missing file, one that is not UTF-8 and one that is not
+    TOML each give the table's own error (one line for the CLI), never a traceback."""
+    from harness.specs.known_issues import KnownIssuesError, load_known_issues
+    from harness.specs.uncovered import UncoveredError, load_uncovered
+
+    load, error = {"known_issues": (load_known_issues, KnownIssuesError),
+                   "uncovered": (load_uncovered, UncoveredError)}[table]
+    with pytest.raises(error, match=r"nope\.toml: cannot read the"):
+        load(tmp_path / "nope.toml")
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b"x = '\xe9'\n")
+    with pytest.raises(error, match=r"latin\.toml: not valid UTF-8 \(byte 5\)"):
+        load(latin)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[x\n")
+    with pytest.raises(error, match=r"bad\.toml: not valid TOML"):
+        load(bad)

@@ -13,17 +13,12 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass
-from importlib import resources
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # python < 3.11
-    import tomli as tomllib
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from harness.specs import signatures, statuses
+from harness.specs.tables import read_table
 from harness.specs.case import DEVICES, DTYPES
 
 STAGES = statuses.STAGES
@@ -296,22 +291,8 @@ def _parse_edge(edge, entry: dict, where: str) -> BisectedEdge:
 
 
 def load_known_issues(path=None) -> list[KnownIssue]:
-    if path is None:
-        text = resources.files("harness.specs").joinpath("known_issues.toml").read_text()
-        source = "harness/specs/known_issues.toml"
-    else:
-        source = str(path)
-        try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as exc:
-            raise KnownIssuesError(f"{source}: cannot read the known-issues table: {exc.strerror}") from None
-        except UnicodeDecodeError as exc:
-            raise KnownIssuesError(f"{source}: not valid UTF-8 (byte {exc.start}): the table is UTF-8 TOML") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise KnownIssuesError(f"{source}: not valid TOML: {exc}") from None
+    """The shipped table, or the one at `path`."""
+    data, source = read_table("known_issues.toml", path, KnownIssuesError, "known-issues table")
     return parse_known_issues(data, source)
 
 

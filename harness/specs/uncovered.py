@@ -3,12 +3,7 @@ Whether each entry is right (a PeftType member of the installed peft that no cas
 tests/test_method_coverage.py against the cases and the installed peft."""
 from __future__ import annotations
 
-from importlib import resources
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # python < 3.11
-    import tomli as tomllib
+from harness.specs.tables import read_table
 
 NEEDS = {
     "gpu": "needs a GPU",
@@ -43,13 +38,5 @@ def parse_uncovered(data: dict, source: str = SOURCE) -> dict[str, dict]:
 
 def load_uncovered(path=None) -> dict[str, dict]:
     """The shipped table, or the one at `path`."""
-    if path is None:
-        text, source = resources.files("harness.specs").joinpath("uncovered_methods.toml").read_text(), SOURCE
-    else:
-        with open(path, encoding="utf-8") as fh:
-            text, source = fh.read(), str(path)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UncoveredError(f"{source}: not valid TOML: {exc}") from None
+    data, source = read_table("uncovered_methods.toml", path, UncoveredError, "uncovered-methods table")
     return parse_uncovered(data, source)

@@ -136,21 +136,23 @@ def save_lora_adapters(model, case, adapters: dict, root: str) -> dict:
 def apply_adapter(model, case):
     """Returns the model to train: a PeftModel (get_peft_model), a PeftMixedModel (get_peft_model_mixed) or the
     transformers model itself (add_adapter). A case's calibration (harness.roundtrip.calibration) runs on the
-    base before get_peft_model or on the PeftModel after it, as its method requires."""
+    base before get_peft_model or on the PeftModel after it, as its method requires. "@saved_lora" adapters
+    (X-LoRA's experts) are saved to a folder that is gone once the adapter is applied, as in repro.py."""
+    import shutil
+    import tempfile
+
     kwargs = adapter_kwargs(case)
-    if uses_saved_lora(kwargs):
-        import shutil
-        import tempfile
-
-        import peft
-
-        root = tempfile.mkdtemp(prefix="peft-compat-saved-lora-")
-        try:
+    root = tempfile.mkdtemp(prefix="peft-compat-saved-lora-") if uses_saved_lora(kwargs) else None
+    try:
+        if root:
             kwargs["adapters"] = save_lora_adapters(model, case, kwargs["adapters"], root)
-            return peft.get_peft_model(model, build_config(case, kwargs))
-        finally:
+        return _apply(model, case, build_config(case, kwargs))
+    finally:
+        if root:
             shutil.rmtree(root, ignore_errors=True)
-    config = build_config(case, kwargs)
+
+
+def _apply(model, case, config):
     if case.adapter_apply == "add_adapter":
         model.add_adapter(config)
         return model

@@ -33,14 +33,9 @@ class Calibration:
 
 def calibration_batches(model) -> list[dict]:
     """CALIBRATION_BATCHES batches of the family's inputs (seed CALIBRATION_SEED + i), as the model takes them."""
-    from harness.roundtrip.families import family_for_config, make_inputs
+    from harness.roundtrip.families import model_inputs
 
-    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
-    family = family_for_config(config)
-    param = next(model.parameters())
-    return [{k: (v.to(param.device, param.dtype) if v.is_floating_point() else v.to(param.device))
-             for k, v in make_inputs(family, config, seed=CALIBRATION_SEED + i).items()}
-            for i in range(CALIBRATION_BATCHES)]
+    return [model_inputs(model, seed=CALIBRATION_SEED + i) for i in range(CALIBRATION_BATCHES)]
 
 
 def _corda(model, config, batches) -> None:

@@ -25,7 +25,7 @@ from harness.roundtrip.adapters import apply_adapter, build_config, fill_trainab
 from harness.roundtrip.environment import environment
 from harness.roundtrip.errors import CheckFailed
 from harness.roundtrip.families import (BASE_SEED, FAMILIES, LOADED_BASES, BaseCheckpoints, checkpoint_fingerprint,
-                                       make_inputs, reuse_compiled_templates)
+                                       inputs_on, make_inputs, reuse_compiled_templates)
 from harness.roundtrip.modes import (BASE_DTYPE_OPTION, LOAD_MODES, SAVE_MODES, check_artifact,
                                      save_initial_adapter)
 from harness.roundtrip.steps import STEPS, run_steps
@@ -133,10 +133,6 @@ def forward_logits(model, inputs):
         out = model(**inputs)
     logits = out["logits"] if isinstance(out, dict) else out.logits
     return logits.detach().float().cpu()
-
-
-def inputs_on(inputs: dict, device: str, dtype) -> dict:
-    return {k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)) for k, v in inputs.items()}
 
 
 def adapted_inputs(case, inputs: dict) -> dict:

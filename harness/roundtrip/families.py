@@ -155,6 +155,19 @@ def make_inputs(family: Family, config, seed: int = 4321) -> dict:
     return family.make_inputs(config, torch.Generator().manual_seed(seed))
 
 
+def inputs_on(inputs: dict, device, dtype) -> dict:
+    """The inputs on `device`, floating-point ones in `dtype` (token ids and masks keep theirs)."""
+    return {k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)) for k, v in inputs.items()}
+
+
+def model_inputs(model, seed: int) -> dict:
+    """Inputs of the model's family (seed `seed`) as `model` takes them: on its device, in its dtype. `model` is a
+    transformers model or a PeftModel around one (a compile's sample forward, a calibration's batches)."""
+    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    param = next(model.parameters())
+    return inputs_on(make_inputs(family_for_config(config), config, seed), param.device, param.dtype)
+
+
 class BaseCheckpoints:
     """Per-process cache of saved random-init base checkpoints, keyed by family and config overrides."""
 

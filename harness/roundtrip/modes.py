@@ -98,20 +98,13 @@ def _compiled_save(model, path, options):
     module, as a user who trained the compiled model does (attribute access reaches the original module)."""
     import torch
 
+    from harness.roundtrip.families import model_inputs
+
     compiled = torch.compile(model, backend=options.get("backend", "inductor"))
     compiled.eval()
     with torch.no_grad():
-        compiled(**_sample_inputs(model))
+        compiled(**model_inputs(model, seed=7))
     compiled.save_pretrained(path)
-
-
-def _sample_inputs(model) -> dict:
-    from harness.roundtrip.families import family_for_config, make_inputs
-
-    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
-    param = next(model.parameters())
-    return {k: (v.to(param.device, param.dtype) if v.is_floating_point() else v.to(param.device))
-            for k, v in make_inputs(family_for_config(config), config, seed=7).items()}
 
 
 def _mixed_save(model, path, options):
@@ -181,9 +174,8 @@ SAVE_MODES: dict[str, SaveMode] = {m.name: m for m in [
              repro="""
                  compiled = torch.compile(model, backend=options.get("backend", "inductor"))
                  compiled.eval()
-                 p = next(model.parameters())
                  with torch.no_grad():
-                     compiled(**to_device(make_inputs(model.get_base_model().config, seed=7), p.device, p.dtype))
+                     compiled(**model_inputs(model, seed=7))
                  compiled.save_pretrained(path)
              """,
              process_imports=("torch._inductor.codecache",)),
@@ -293,15 +285,22 @@ def adapter_dirs(path: str) -> dict[str, str]:
     return found
 
 
+def _load_every_adapter(cls, ctx, path):
+    """cls.from_pretrained(a fresh base, the first saved adapter) + load_adapter(each other one): the model and
+    the adapter names (cls: PeftModel or PeftMixedModel)."""
+    dirs = adapter_dirs(path)
+    (first, first_dir), *rest = dirs.items()
+    model = cls.from_pretrained(ctx.fresh_base(), first_dir, adapter_name=first)
+    for name, sub in rest:
+        model.load_adapter(sub, adapter_name=name)
+    return model, list(dirs)
+
+
 def _peft_multi_adapter(ctx, path, options):
     """Load every saved adapter (the first with from_pretrained, the rest with load_adapter), then activate one."""
     from peft import PeftModel
 
-    dirs = adapter_dirs(path)
-    first, *rest = dirs.items()
-    model = PeftModel.from_pretrained(ctx.fresh_base(), first[1], adapter_name=first[0])
-    for name, sub in rest:
-        model.load_adapter(sub, adapter_name=name)
+    model, _ = _load_every_adapter(PeftModel, ctx, path)
     model.set_adapter(options.get("active", "default"))
     return LoadOutcome(model)
 
@@ -424,12 +423,8 @@ def _peft_mixed(ctx, path, options):
     """PeftMixedModel.from_pretrained(first adapter) + load_adapter(the others), all of them active."""
     from peft import PeftMixedModel
 
-    dirs = adapter_dirs(path)
-    (first, first_dir), *rest = dirs.items()
-    model = PeftMixedModel.from_pretrained(ctx.fresh_base(), first_dir, adapter_name=first)
-    for name, sub in rest:
-        model.load_adapter(sub, adapter_name=name)
-    model.set_adapter(list(dirs))
+    model, names = _load_every_adapter(PeftMixedModel, ctx, path)
+    model.set_adapter(names)
     return LoadOutcome(model)
 
 
@@ -533,30 +528,16 @@ LOAD_MODES: dict[str, LoadMode] = {m.name: m for m in [
     LoadMode("peft_multi_adapter", "adapter_tree", _peft_multi_adapter,
              "from_pretrained + load_adapter of every saved adapter, then set_adapter(options.active)",
              repro="""
-                 dirs = {}  # adapter name -> folder: "default" at the top, the others in sub-folders
-                 if os.path.isfile(os.path.join(path, "adapter_config.json")):
-                     dirs["default"] = path
-                 for sub in sorted(os.listdir(path)):
-                     if os.path.isfile(os.path.join(path, sub, "adapter_config.json")):
-                         dirs[sub] = os.path.join(path, sub)
-                 (first, first_dir), *rest = dirs.items()
-                 model = peft.PeftModel.from_pretrained(fresh_base(base_dir), first_dir, adapter_name=first)
-                 for name, sub_dir in rest:
-                     model.load_adapter(sub_dir, adapter_name=name)
+                 model, _ = load_every_adapter(peft.PeftModel, base_dir, path)
                  model.set_adapter(options.get("active", "default"))
                  return model, None
              """),
     LoadMode("peft_hotswap", "adapter_dir", _peft_hotswap,
              "PeftModel.from_pretrained(fresh base, another adapter), then hotswap_adapter(model, dir, 'default')",
              repro="""
-                 import tempfile
                  from peft.utils.hotswap import hotswap_adapter
 
-                 decoy = tempfile.mkdtemp()  # the adapter loaded first: the same config, other values
-                 other = peft.get_peft_model(fresh_base(base_dir), fresh_config())
-                 fill_trainable(other, salt="decoy")
-                 other.save_pretrained(decoy)
-                 model = peft.PeftModel.from_pretrained(fresh_base(base_dir), decoy)
+                 model = peft.PeftModel.from_pretrained(fresh_base(base_dir), save_decoy(base_dir))
                  hotswap_adapter(model, path, adapter_name="default", torch_device=LOAD_DEVICE, **options)
                  return model, None
              """),
@@ -581,12 +562,7 @@ LOAD_MODES: dict[str, LoadMode] = {m.name: m for m in [
     LoadMode("peft_mixed", "adapter_tree", _peft_mixed,
              "PeftMixedModel.from_pretrained(first adapter folder) + load_adapter(the others), all active",
              repro="""
-                 names = sorted(n for n in os.listdir(path)
-                                if os.path.isfile(os.path.join(path, n, "adapter_config.json")))
-                 model = peft.PeftMixedModel.from_pretrained(fresh_base(base_dir), os.path.join(path, names[0]),
-                                                            adapter_name=names[0])
-                 for name in names[1:]:
-                     model.load_adapter(os.path.join(path, name), adapter_name=name)
+                 model, names = load_every_adapter(peft.PeftMixedModel, base_dir, path)
                  model.set_adapter(names)
                  return model, None
              """),
@@ -608,31 +584,17 @@ LOAD_MODES: dict[str, LoadMode] = {m.name: m for m in [
     LoadMode("transformers_hotswap", "adapter_dir", _transformers_hotswap,
              "enable_peft_hotswap(**options), load_adapter(another adapter), load_adapter(dir, hotswap=True)",
              repro="""
-                 import tempfile
-
-                 decoy = tempfile.mkdtemp()  # the adapter loaded first: the same config, other values
-                 other = fresh_base(base_dir)
-                 other.add_adapter(fresh_config())
-                 fill_trainable(other, salt="decoy")
-                 other.save_pretrained(decoy)
                  model = fresh_base(base_dir)
                  model.enable_peft_hotswap(**options)
-                 model.load_adapter(decoy, adapter_name="default")
+                 model.load_adapter(save_decoy(base_dir, "add_adapter"), adapter_name="default")
                  result = model.load_adapter(path, adapter_name="default", hotswap=True)
                  return model, result
              """),
     LoadMode("transformers_delete_adapter", "adapter_dir", _transformers_delete_adapter,
              "load_adapter(another adapter, 'decoy') + load_adapter(dir), set_adapter, delete_adapter('decoy')",
              repro="""
-                 import tempfile
-
-                 decoy = tempfile.mkdtemp()  # another adapter: the same config, other values
-                 other = fresh_base(base_dir)
-                 other.add_adapter(fresh_config())
-                 fill_trainable(other, salt="decoy")
-                 other.save_pretrained(decoy)
                  model = fresh_base(base_dir)
-                 model.load_adapter(decoy, adapter_name="decoy")
+                 model.load_adapter(save_decoy(base_dir, "add_adapter"), adapter_name="decoy")
                  result = model.load_adapter(path, adapter_name="default", **options)
                  model.set_adapter("default")
                  model.delete_adapter("decoy")

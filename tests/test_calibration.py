@@ -9,6 +9,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+import peft
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -26,7 +27,6 @@ from tests.conftest import BERT_LORA
 from test_keep_failed import run_repro
 
 ROOT = Path(__file__).resolve().parents[1]
-peft = pytest.importorskip("peft")
 needs_eva = pytest.mark.skipif(not hasattr(peft, "initialize_lora_eva_weights"), reason="peft < 0.14 has no EVA")
 needs_corda = pytest.mark.skipif(not hasattr(peft.tuners.lora.config, "CordaConfig"), reason="peft < 0.15: no CorDA")
 

@@ -19,23 +19,15 @@ from harness.roundtrip.adapters import apply_adapter, fill_trainable
 from harness.roundtrip.calibration import CALIBRATION_SEED, calibration_batches
 from harness.roundtrip.cell import load_base, run_roundtrip
 from harness.roundtrip.check import case_from_dict, read_case_file
-from harness.roundtrip.families import FAMILIES, BaseCheckpoints, make_inputs
+from harness.roundtrip.families import FAMILIES, make_inputs
 from harness.roundtrip.modes import ADAPTER_SUBDIR, BASE_SUBDIR
 from harness.running.repro import repro_script
 from harness.specs.case import CaseError
-from tests.conftest import BERT_LORA
-from test_keep_failed import run_repro
+from tests.conftest import BERT_LORA, run_repro
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_eva = pytest.mark.skipif(not hasattr(peft, "initialize_lora_eva_weights"), reason="peft < 0.14 has no EVA")
 needs_corda = pytest.mark.skipif(not hasattr(peft.tuners.lora.config, "CordaConfig"), reason="peft < 0.15: no CorDA")
-
-
-@pytest.fixture(scope="module")
-def bases():
-    checkpoints = BaseCheckpoints()
-    yield checkpoints
-    checkpoints.remove()
 
 
 def shipped(name: str, family: str):

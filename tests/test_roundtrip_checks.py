@@ -11,14 +11,8 @@ from safetensors.torch import load_file, save_file
 
 from harness import load_case_file, run_cell
 from harness.roundtrip.check import case_from_dict
-from harness.roundtrip.families import BaseCheckpoints
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def bases():
-    return BaseCheckpoints()
 
 
 def run(path, bases, **kwargs):

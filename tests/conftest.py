@@ -1,7 +1,10 @@
-"""Fixtures for the harness's own tests: cases written as real TOML files in a temporary folder."""
+"""Fixtures for the harness's own tests: cases written as real TOML files in a temporary folder, a module's base
+checkpoints, and running a repro.py with the harness made unimportable."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 
@@ -13,6 +16,27 @@ BERT_LORA = {
     "save": {"mode": "peft_safetensors"},
     "load": {"mode": "peft_from_pretrained"},
 }
+# What a repro.py may import; the modules the harness is made of must not appear (the script stands alone).
+REPRO_IMPORTS = {"torch", "transformers", "peft", "safetensors",
+                 "os", "re", "shutil", "sys", "tempfile", "zlib", "copy"}
+
+
+def run_repro(path):
+    """Run a repro.py with the harness made unimportable: it must stand alone."""
+    code = ("import runpy, sys; sys.modules['harness'] = None; "
+            f"runpy.run_path({str(path)!r}, run_name='__main__')")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=path.parent)
+
+
+@pytest.fixture(scope="module")
+def bases():
+    """The base checkpoints of one test module (built on first use), removed after the module."""
+    from harness.roundtrip.families import BaseCheckpoints
+
+    checkpoints = BaseCheckpoints()
+    yield checkpoints
+    checkpoints.remove()
 
 
 def to_toml(data: dict) -> str:

@@ -4,37 +4,30 @@ before the simulated training and survives it, is replayed by repro.py, and a ca
 exists; the adapter-and-base artifact is what the loading side really uses."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from pathlib import Path
 
+import peft
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from harness import run_cell
-from harness.roundtrip.adapters import apply_adapter
+from harness.roundtrip.adapters import apply_adapter, fill_trainable
 from harness.roundtrip.calibration import CALIBRATION_SEED, calibration_batches
 from harness.roundtrip.cell import load_base, run_roundtrip
 from harness.roundtrip.check import case_from_dict, read_case_file
-from harness.roundtrip.families import FAMILIES, BaseCheckpoints, make_inputs
+from harness.roundtrip.families import FAMILIES, make_inputs
 from harness.roundtrip.modes import ADAPTER_SUBDIR, BASE_SUBDIR
 from harness.running.repro import repro_script
 from harness.specs.case import CaseError
-from tests.conftest import BERT_LORA
-from test_keep_failed import run_repro
+from tests.conftest import BERT_LORA, run_repro
 
 ROOT = Path(__file__).resolve().parents[1]
-peft = pytest.importorskip("peft")
 needs_eva = pytest.mark.skipif(not hasattr(peft, "initialize_lora_eva_weights"), reason="peft < 0.14 has no EVA")
 needs_corda = pytest.mark.skipif(not hasattr(peft.tuners.lora.config, "CordaConfig"), reason="peft < 0.15: no CorDA")
-
-
-@pytest.fixture(scope="module")
-def bases():
-    checkpoints = BaseCheckpoints()
-    yield checkpoints
-    checkpoints.remove()
 
 
 def shipped(name: str, family: str):
@@ -109,14 +102,23 @@ def test_the_fill_adds_to_what_the_calibration_set_and_the_round_trip_passes(bas
     assert record["status"] == "pass", record["message"]
     assert record["adapter_effect"] > record["vacuity_threshold"]
     calibrated, _ = adapted(case, bases)
-    eva = {n: p.detach() for n, p in calibrated.named_parameters() if "lora_A" in n}
-    from harness.roundtrip.adapters import fill_trainable
-
+    zeroed = copy.deepcopy(calibrated)
+    eva = {n: p.detach().clone() for n, p in calibrated.named_parameters() if "lora_A" in n}  # before the fill
+    with torch.no_grad():
+        for p in zeroed.parameters():
+            if p.requires_grad:
+                p.zero_()
+    fill_trainable(zeroed)  # on zeros, what the fill leaves is the fill's own increment
+    increment = {n: p.detach() for n, p in zeroed.named_parameters() if "lora_A" in n}
     fill_trainable(calibrated)
     filled = {n: p.detach() for n, p in calibrated.named_parameters() if "lora_A" in n}
+    assert seen["a"] and set(seen["a"]) == set(eva)
     for name, loaded in seen["a"].items():
-        assert torch.allclose(loaded, filled[name])  # what was saved is EVA + fill ...
-        assert not torch.allclose(loaded, filled[name] - eva[name])  # ... not the fill alone
+        assert increment[name].abs().max() > 0.1, name  # the fill really moves lora_A
+        assert torch.allclose(filled[name] - eva[name], increment[name], atol=1e-6), name  # it adds, not sets
+        assert torch.allclose(loaded, eva[name] + increment[name], atol=1e-6), name  # saved: EVA + fill ...
+        a = (loaded - increment[name]).float()  # ... so taking the fill away leaves EVA's orthonormal rows
+        assert torch.allclose(a @ a.T, torch.eye(a.shape[0]), atol=1e-4), name
 
 
 def test_a_case_can_only_name_a_calibration_that_exists_and_only_around_get_peft_model():

@@ -7,29 +7,19 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from harness import load_case_file
 from harness.running.cli import main
 from harness.running.repro import repro_script
+from tests.conftest import REPRO_IMPORTS as ALLOWED, run_repro
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # S1 fails at save from peft 0.12 on, whatever the transformers release (S4 stopped reaching its save stage with
 # transformers 5.24, which refuses peft 0.21 at add_adapter)
 S1 = ROOT / "cases" / "wav2vec2_ctc-lora-new_vocab-peft_safetensors.toml"
-ALLOWED = {"torch", "transformers", "peft", "safetensors", "os", "re", "shutil", "sys", "tempfile", "zlib", "copy"}
 XLORA = ROOT / "cases" / "methods-xlora.toml"
-
-
-def run_repro(path):
-    """Run a repro.py with the harness made unimportable: it must stand alone."""
-    code = ("import runpy, sys; sys.modules['harness'] = None; "
-            f"runpy.run_path({str(path)!r}, run_name='__main__')")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          cwd=path.parent)
 
 
 def imports(text):

@@ -12,11 +12,10 @@ from harness.roundtrip.families import FAMILIES
 from harness.roundtrip.modes import LOAD_MODES, SAVE_MODES
 from harness.roundtrip.steps import STEPS
 from harness.running.repro import function_body, repro_script, template_text
+from tests.conftest import REPRO_IMPORTS as ALLOWED_IMPORTS
 
 RECORD = {"cell_id": "x[cpu-fp32]", "status": "fail", "stage": "compare", "device": "cpu", "dtype": "fp32",
           "tolerance": 1e-5}
-# What the script imports; the modules the harness is made of must not appear (the script stands alone).
-ALLOWED_IMPORTS = {"torch", "transformers", "peft", "safetensors", "os", "re", "shutil", "sys", "tempfile", "zlib", "copy"}
 PAIRS = [(s, l) for s in SAVE_MODES for l in LOAD_MODES if SAVE_MODES[s].produces == LOAD_MODES[l].consumes]
 STEP_VALUES = {int: 2, str: "lora_", bool: True}
 

@@ -3,18 +3,16 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from harness import load_case_file, run_cell
-from harness.roundtrip.families import BaseCheckpoints
+from harness.roundtrip.check import case_from_dict
 
-
-@pytest.fixture(scope="module")
-def bases():
-    return BaseCheckpoints()
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(path, bases, **kwargs):
@@ -129,3 +127,22 @@ def test_bf16_cell_runs_with_its_own_tolerance(write_case, bases):
     record = run(write_case(dtypes=["bf16"]), bases, dtype="bf16")
     assert record["status"] == "pass", record["message"]
     assert record["tolerance"] == 5e-3
+
+
+KEY_MAPPING = ROOT / "cases" / "paths-peft_from_pretrained-key_mapping.toml"
+
+
+@pytest.mark.parametrize("mapping, outcome", [
+    (None, ("pass", None)),  # the shipped identity mapping: every key rewritten to itself
+    ({"^bert\\.encoder\\.": "bert.zzz."}, ("fail", "compare")),  # the encoder's adapter weights land nowhere
+])
+def test_the_key_mapping_load_option_reaches_peft(mapping, outcome, bases):
+    """A peft that ignored key_mapping would pass the shipped (identity) case too; a mapping that renames the
+    encoder's keys must lose those adapter weights, which shows the option is applied."""
+    case = load_case_file(KEY_MAPPING)
+    assert case.load_options["key_mapping"] == {"^bert\\.encoder\\.": "bert.encoder."}
+    if mapping is not None:
+        case = case_from_dict({**case.raw, "load": {**case.raw["load"], "options": {"key_mapping": mapping}}})
+    record = run_cell(case, "cpu", "fp32", bases=bases, known_issues=[])
+    assert (record["status"], record["stage"]) == outcome, record["message"]
+    assert record["adapter_effect"] > record["vacuity_threshold"]

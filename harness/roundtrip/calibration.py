@@ -89,6 +89,6 @@ CALIBRATIONS: dict[str, Calibration] = {c.name: c for c in [
 
 def calibrate(model, case, config, at: str) -> None:
     """Run the case's calibration if it runs at `at` ("before_apply" / "after_apply"); else nothing."""
-    calibration = CALIBRATIONS.get(case.adapter_calibration) if case.adapter_calibration else None
+    calibration = CALIBRATIONS.get(case.adapter_calibration)
     if calibration is not None and calibration.at == at:
         calibration.run(model, config, calibration_batches(model))

@@ -29,6 +29,10 @@ STATE_DICT_FILE = "state_dict.pt"
 BASE_DTYPE_OPTION = "base_dtype"
 
 
+SAFETENSORS_FILE, PICKLE_FILE = "adapter_model.safetensors", "adapter_model.bin"
+ADAPTER_FILES = (SAFETENSORS_FILE, PICKLE_FILE)  # what save_pretrained writes for an adapter, in peft's preference
+
+
 @dataclass(frozen=True)
 class SaveMode:
     name: str
@@ -117,7 +121,7 @@ def _mixed_save(model, path, options):
         sub = os.path.join(path, name)
         os.makedirs(sub, exist_ok=True)
         state = get_peft_model_state_dict(model, adapter_name=name)
-        save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(sub, "adapter_model.safetensors"))
+        save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(sub, SAFETENSORS_FILE))
         config.save_pretrained(sub)
 
 
@@ -311,10 +315,10 @@ def read_adapter_weights(path: str) -> dict:
     import torch
     from safetensors.torch import load_file
 
-    st = os.path.join(path, "adapter_model.safetensors")
+    st = os.path.join(path, SAFETENSORS_FILE)
     if os.path.isfile(st):
         return load_file(st)
-    return torch.load(os.path.join(path, "adapter_model.bin"), map_location="cpu", weights_only=True)
+    return torch.load(os.path.join(path, PICKLE_FILE), map_location="cpu", weights_only=True)
 
 
 @contextmanager
@@ -601,8 +605,6 @@ LOAD_MODES: dict[str, LoadMode] = {m.name: m for m in [
                  return model, result
              """),
 ]}
-
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 class CheckpointError(ValueError):

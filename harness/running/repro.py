@@ -125,7 +125,7 @@ def repro_script(case, record: dict) -> str:
     if reference:
         observed += f"\nKnown upstream issue: {reference}"
     step_functions, before_adapt, after_adapt = _steps_code(case)
-    calibration = CALIBRATIONS.get(case.adapter_calibration) if case.adapter_calibration else None
+    calibration = CALIBRATIONS.get(case.adapter_calibration)
     return string.Template(template_text()).substitute(
         # the docstring
         cell_id=_doc(record["cell_id"]), status_line=_doc(f"{record['status']} at stage {record.get('stage')!r}"),
